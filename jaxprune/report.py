@@ -1,0 +1,128 @@
+"""What a run leaves for people: metrics as JSON lines and TensorBoard events, a plot.
+
+``MetricWriter`` appends one JSON object per call to ``<workdir>/metrics.jsonl`` and
+mirrors scalars into TensorBoard event files under ``<workdir>/tb`` (when tensorboardX
+is installed). ``plot_run`` draws loss, sparsity and the dev metric over steps into a
+PNG. ``table`` formats the final summary.
+
+Example::
+
+  with MetricWriter(workdir) as w:
+    w.write(step, {"loss": 0.3, "sparsity": 0.5}, kind="train")
+  plot_run(workdir / "metrics.jsonl", workdir / "run.png")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+__all__ = ["MetricWriter", "read_metrics", "plot_run", "table"]
+
+
+def _plain(value: Any) -> Any:
+  """Python scalars for JSON (numpy/jax scalars -> float/int)."""
+  if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  return value
+
+
+class MetricWriter:
+  """Appends metrics to ``metrics.jsonl`` (one process writes) and TensorBoard."""
+
+  def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
+    self.enabled = enabled
+    self.path = Path(workdir) / "metrics.jsonl"
+    self._tb = None
+    if enabled:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(str(Path(workdir) / "tb"))
+      except ImportError:
+        pass
+
+  def write(self, step: int, metrics: dict[str, Any], kind: str = "train") -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step), "kind": kind, **{k: _plain(v) for k, v in metrics.items()}}
+    with self.path.open("a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self._tb is not None:
+      for k, v in row.items():
+        if k not in ("step", "kind") and isinstance(v, (int, float)):
+          self._tb.add_scalar(f"{kind}/{k}", v, int(step))
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+  def __enter__(self) -> "MetricWriter":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """The rows of a ``metrics.jsonl`` (the last row per (kind, step) wins on resume)."""
+  rows: dict[tuple[str, int], dict[str, Any]] = {}
+  p = Path(path)
+  if p.is_file():
+    for line in p.read_text().splitlines():
+      if line.strip():
+        row = json.loads(line)
+        rows[(row.get("kind", "train"), row["step"])] = row
+  return sorted(rows.values(), key=lambda r: (r["step"], r.get("kind", "")))
+
+
+def plot_run(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
+             metric: str | None = None, title: str = "") -> Path | None:
+  """Plots training loss, sparsity and the dev metric over steps; None without matplotlib."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return None
+  rows = read_metrics(metrics_path)
+  train = [r for r in rows if r.get("kind") == "train" and isinstance(r.get("loss"), float)]
+  evals = [r for r in rows if r.get("kind") == "eval"]
+  if metric is None and evals:
+    metric = next((k for k in evals[-1] if k not in ("step", "kind", "loss")), None)
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
+  axes[0].set(title="training loss", xlabel="step", yscale="log")
+  axes[1].plot([r["step"] for r in train], [r.get("sparsity", 0.0) for r in train], lw=1.5)
+  axes[1].set(title="encoder sparsity", xlabel="step", ylim=(0, 1))
+  if metric:
+    axes[2].plot([r["step"] for r in evals], [r.get(metric) for r in evals], "o-")
+  axes[2].set(title=f"dev {metric or ''}", xlabel="step")
+  for ax in axes:
+    ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  out = Path(out_png)
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+  """A plain-text table with aligned columns."""
+  cells = [[str(h) for h in header]] + [
+      [f"{c:.4g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return "\n".join(lines)
