@@ -15,6 +15,7 @@ from jaxprune.models.bert import init_params
 from jaxprune.models.bert import logical_axes
 from jaxprune.models.convert import CheckpointError
 from jaxprune.models.convert import export_hf
+from jaxprune.models.convert import from_config
 from jaxprune.models.convert import from_pretrained
 from jaxprune.models.hub import ModelNotFoundError
 from jaxprune.models.hub import load_tokenizer
@@ -28,6 +29,7 @@ __all__ = [
     "CheckpointError",
     "ModelNotFoundError",
     "export_hf",
+    "from_config",
     "from_pretrained",
     "init_params",
     "load_tokenizer",

@@ -28,7 +28,8 @@ import numpy as np
 from jaxprune.models import bert
 from jaxprune.models import hub
 
-__all__ = ["CheckpointError", "from_pretrained", "export_hf", "hf_to_flax", "flax_to_hf"]
+__all__ = ["CheckpointError", "from_pretrained", "from_config", "export_hf", "hf_to_flax",
+           "flax_to_hf"]
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,26 @@ def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = No
     log.warning("%s: freshly initialised (not in the checkpoint): %s", directory,
                 ", ".join(fresh))
   return model, jax.tree.map(jax.numpy.asarray, _unflat(params)), config
+
+
+def from_config(name_or_path: str | os.PathLike, num_labels: int | None = None,
+                seed: int = 0, **config_overrides: Any
+                ) -> tuple[bert.BertForSequenceClassification, dict[str, Any], bert.BertConfig]:
+  """A randomly initialised model with a checkpoint's architecture (+ overrides).
+
+  Reads only ``config.json``; useful to train from scratch or to build a small model
+  that shares a checkpoint's tokenizer (``from_config("minilm-l6", num_hidden_layers=2,
+  hidden_size=32, ...)``).
+  """
+  directory = hub.resolve(name_or_path)
+  if num_labels is not None:
+    config_overrides["num_labels"] = num_labels
+  try:
+    config = bert.BertConfig.from_hf_dict(_read_config(directory), **config_overrides)
+  except (ValueError, TypeError) as e:
+    raise CheckpointError(f"{directory / 'config.json'}: {e}") from None
+  model = bert.BertForSequenceClassification(config)
+  return model, bert.init_params(model, jax.random.key(seed)), config
 
 
 def export_hf(params: Any, config: bert.BertConfig, out_dir: str | os.PathLike,
