@@ -1,0 +1,37 @@
+"""The package surface: a light import, the public names, the docstring examples."""
+
+import doctest
+import importlib
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("flax", "ml_collections", "orbax", "transformers", "tensorflow", "torch")
+
+
+def test_import_pulls_only_jax_numpy_optax():
+  code = ("import sys, jaxprune; "
+          f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, check=True).stdout.strip()
+  assert out == "[]", f"importing jaxprune pulled in {out}"
+
+
+def test_public_names():
+  jaxprune = importlib.import_module("jaxprune")
+  for name in jaxprune.__all__:
+    assert hasattr(jaxprune, name), name
+  for name in ("select", "magnitude_masks", "apply_masks", "sparsity_report", "NM", "Blocks",
+               "cubic_sparsity", "prune_by_magnitude", "find_masks", "bert_adam",
+               "adamw_warmup_linear", "BERT_ENCODER_MATRICES"):
+    assert name in jaxprune.__all__, name
+
+
+@pytest.mark.parametrize("module", ["masks", "schedules", "transforms", "optim"])
+def test_docstring_examples(module):
+  mod = importlib.import_module(f"jaxprune.{module}")
+  result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+  assert result.attempted > 0 and result.failed == 0, result
