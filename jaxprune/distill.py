@@ -1,0 +1,285 @@
+"""Knowledge-distillation losses of SparseBERT (TinyBERT's task distillation).
+
+Three terms, each a scalar, summed with per-term weights (1, 1, 1 in the reference):
+
+* ``attention``: sum over student layers of the MSE between student and teacher
+  attention *scores* (pre-softmax, scaled, additive -10000 padding mask applied).
+  Entries ``<= -100`` are set to 0 in both first, so padded keys contribute 0 but still
+  count in the mean over ``batch * heads * len * len``.
+* ``hidden``: sum over the embedding output and every student layer output of the MSE,
+  mean over ``batch * len * hidden`` (padding positions included).
+* ``prediction``: soft cross-entropy ``mean(-softmax(t / T) * log_softmax(s / T))``, the
+  mean running over batch AND classes, without a ``T**2`` factor (the reference); or,
+  with ``prediction_loss="kl"``, the standard ``T**2 * KL(teacher || student)`` averaged
+  over the batch. For a regression head (one logit) it is the MSE between the student's
+  output and the GOLD label, as in the reference (the teacher's output is not used).
+
+A student shallower than its teacher is matched with ``layer_map``: with
+``k = teacher_layers // student_layers``, student layer ``i`` (0-based) takes the
+teacher's attention of layer ``(i + 1) * k - 1`` and hidden state ``i * k`` (hidden
+state 0 is the embedding output; the student's last state meets the teacher's last).
+
+Every mean is a per-example mean weighted by ``weight`` (1 for a real row, 0 for
+padding), so padded evaluation rows do not count; with all weights 1 (training batches)
+it is the reference's plain mean over everything.
+
+This module imports only jax and numpy: ``import jaxprune`` stays light.
+
+Example::
+
+  s = student.apply(..., output_hidden_states=True, output_attention_scores=True)
+  t = teacher.apply(..., output_hidden_states=True, output_attention_scores=True)
+  total, terms = distillation_loss(s, t, labels=batch["labels"], weight=batch["weight"])
+  terms  # {"attention": ..., "hidden": ..., "prediction": ...}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "KDWeights",
+    "attention_mse",
+    "distillation_loss",
+    "hidden_mse",
+    "kl_divergence",
+    "label_cross_entropy",
+    "layer_map",
+    "regression_mse",
+    "soft_cross_entropy",
+]
+
+# Attention scores at or below this are padding (the model adds -10000 there).
+PADDING_THRESHOLD = -100.0
+PREDICTION_LOSSES = ("reference", "kl")
+
+
+class KDWeights(NamedTuple):
+  """Weights of the three distillation terms (a term with weight 0 is not computed).
+
+  Example: ``KDWeights(attention=0.0)`` distills hidden states and predictions only.
+  """
+  attention: float = 1.0
+  hidden: float = 1.0
+  prediction: float = 1.0
+
+
+def _weighted_mean(per_example: jax.Array, weight: jax.Array | None) -> jax.Array:
+  """Mean over the leading (batch) axis, rows weighted by ``weight``."""
+  per_example = per_example.astype(jnp.float32)
+  if weight is None:
+    return jnp.mean(per_example)
+  weight = weight.astype(jnp.float32)
+  # max(., tiny): an all-padding batch gives 0, not NaN.
+  return jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1e-12)
+
+
+def _per_example_mean(x: jax.Array) -> jax.Array:
+  return jnp.mean(x.reshape(x.shape[0], -1), axis=-1)
+
+
+def attention_mse(student_scores: jax.Array, teacher_scores: jax.Array,
+                  weight: jax.Array | None = None) -> jax.Array:
+  """MSE of one layer's attention scores, padded entries (<= -100) zeroed in both.
+
+  Args:
+    student_scores: (batch, heads, len, len) pre-softmax scores of the student.
+    teacher_scores: the teacher's scores, same shape.
+    weight: optional (batch,) row weights.
+
+  Returns:
+    A float32 scalar: ``mean((where(s <= -100, 0, s) - where(t <= -100, 0, t)) ** 2)``.
+
+  Example: ``attention_mse(s.attention_scores[0], t.attention_scores[1])``.
+  """
+  _check_same_shape("attention scores", student_scores, teacher_scores)
+  s = student_scores.astype(jnp.float32)
+  t = teacher_scores.astype(jnp.float32)
+  s = jnp.where(s <= PADDING_THRESHOLD, 0.0, s)
+  t = jnp.where(t <= PADDING_THRESHOLD, 0.0, t)
+  return _weighted_mean(_per_example_mean(jnp.square(s - t)), weight)
+
+
+def hidden_mse(student_hidden: jax.Array, teacher_hidden: jax.Array,
+               weight: jax.Array | None = None) -> jax.Array:
+  """MSE of one hidden state (batch, len, hidden), padding positions included.
+
+  Example: ``hidden_mse(s.hidden_states[0], t.hidden_states[0])`` (embeddings).
+  """
+  _check_same_shape("hidden states", student_hidden, teacher_hidden)
+  diff = student_hidden.astype(jnp.float32) - teacher_hidden.astype(jnp.float32)
+  return _weighted_mean(_per_example_mean(jnp.square(diff)), weight)
+
+
+def soft_cross_entropy(student_logits: jax.Array, teacher_logits: jax.Array,
+                       temperature: float = 1.0,
+                       weight: jax.Array | None = None) -> jax.Array:
+  """The reference prediction loss: ``mean(-softmax(t/T) * log_softmax(s/T))``.
+
+  The mean runs over batch AND classes (so it is the usual soft cross-entropy divided
+  by ``num_classes``) and there is no ``T**2`` factor, as in TinyBERT/SparseBERT.
+
+  Example: ``soft_cross_entropy(s.logits, t.logits, temperature=1.0)``.
+  """
+  _check_same_shape("logits", student_logits, teacher_logits)
+  log_p_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+  p_t = jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+  return _weighted_mean(jnp.mean(-p_t * log_p_s, axis=-1), weight)
+
+
+def kl_divergence(student_logits: jax.Array, teacher_logits: jax.Array,
+                  temperature: float = 1.0, weight: jax.Array | None = None) -> jax.Array:
+  """The standard (Hinton) prediction loss: ``T**2 * KL(p_t || p_s)``, batch mean.
+
+  Unlike ``soft_cross_entropy`` it is 0 when the student matches the teacher and its
+  gradient scale does not change with ``T``.
+
+  Example: ``kl_divergence(s.logits, t.logits, temperature=2.0)``.
+  """
+  _check_same_shape("logits", student_logits, teacher_logits)
+  log_p_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+  log_p_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+  kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+  return temperature ** 2 * _weighted_mean(kl, weight)
+
+
+def regression_mse(predictions: jax.Array, labels: jax.Array,
+                   weight: jax.Array | None = None) -> jax.Array:
+  """MSE between a regression head's output ((batch,) or (batch, 1)) and gold labels.
+
+  Example: ``regression_mse(s.logits, batch["labels"])`` (STS-B).
+  """
+  predictions = predictions.reshape(predictions.shape[0], -1)
+  if predictions.shape[1] != 1:
+    raise ValueError(f"regression predictions must have one output, got {predictions.shape}")
+  diff = predictions[:, 0].astype(jnp.float32) - labels.astype(jnp.float32)
+  return _weighted_mean(jnp.square(diff), weight)
+
+
+def label_cross_entropy(logits: jax.Array, labels: jax.Array,
+                        weight: jax.Array | None = None) -> jax.Array:
+  """Cross-entropy with integer gold labels, the loss of fine-tuning (batch mean).
+
+  Example: ``label_cross_entropy(s.logits, batch["labels"], batch["weight"])``.
+  """
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(log_p, labels.astype(jnp.int32)[:, None], axis=-1)[:, 0]
+  return _weighted_mean(nll, weight)
+
+
+def layer_map(student_layers: int, teacher_layers: int) -> tuple[tuple[int, ...],
+                                                                  tuple[int, ...]]:
+  """Which teacher attention layers and hidden states each student one is matched to.
+
+  Args:
+    student_layers: number of student transformer layers.
+    teacher_layers: number of teacher layers, a multiple of ``student_layers``.
+
+  Returns:
+    ``(attention, hidden)``: ``attention[i]`` is the teacher layer whose attention
+    scores student layer ``i`` learns (``(i + 1) * k - 1``); ``hidden[j]`` is the teacher
+    hidden state (0 = embeddings) that student state ``j`` learns (``j * k``), for
+    ``j = 0 .. student_layers``.
+
+  Example: ``layer_map(4, 12) == ((2, 5, 8, 11), (0, 3, 6, 9, 12))``.
+  """
+  if student_layers < 1 or teacher_layers < student_layers:
+    raise ValueError(f"cannot map a {student_layers}-layer student to a "
+                     f"{teacher_layers}-layer teacher")
+  if teacher_layers % student_layers:
+    raise ValueError(f"teacher layers ({teacher_layers}) must be a multiple of student "
+                     f"layers ({student_layers})")
+  k = teacher_layers // student_layers
+  attention = tuple((i + 1) * k - 1 for i in range(student_layers))
+  hidden = tuple(i * k for i in range(student_layers + 1))
+  return attention, hidden
+
+
+def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = None,
+                      weight: jax.Array | None = None,
+                      weights: KDWeights = KDWeights(), temperature: float = 1.0,
+                      prediction_loss: str = "reference",
+                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The SparseBERT objective: weighted sum of the attention, hidden and prediction terms.
+
+  Args:
+    student: the student's forward output: anything with ``logits``, ``hidden_states``
+      (embedding output + every layer) and ``attention_scores`` (every layer), e.g. a
+      ``jaxprune.models.BertOutput``. States are only read for terms with weight != 0.
+    teacher: the teacher's output, same fields; it may be deeper (see ``layer_map``).
+      Gradients are not stopped here: pass teacher outputs computed outside the grad.
+    labels: gold labels, needed for a regression head (one logit), which learns them.
+    weight: optional (batch,) row weights (0 = padding row).
+    weights: per-term weights.
+    temperature: softmax temperature of the prediction term.
+    prediction_loss: ``"reference"`` (``soft_cross_entropy``: mean over batch and
+      classes, no ``T**2``) or ``"kl"`` (``kl_divergence``: ``T**2 * KL``).
+
+  Returns:
+    ``(total, {"attention": ..., "hidden": ..., "prediction": ...})``, float32 scalars;
+    a term with weight 0 is reported as 0.
+
+  Example::
+
+    total, terms = distillation_loss(s_out, t_out, labels=batch["labels"],
+                                     weights=KDWeights(attention=0.0))
+  """
+  if prediction_loss not in PREDICTION_LOSSES:
+    raise ValueError(f"prediction_loss {prediction_loss!r}: expected one of "
+                     f"{PREDICTION_LOSSES}")
+  zero = jnp.zeros((), jnp.float32)
+  terms = {"attention": zero, "hidden": zero, "prediction": zero}
+
+  if weights.attention or weights.hidden:
+    s_layers = len(_required(student, "attention_scores" if weights.attention
+                             else "hidden_states", "student"))
+    t_layers = len(_required(teacher, "attention_scores" if weights.attention
+                             else "hidden_states", "teacher"))
+    if not weights.attention:  # counted from hidden states: embeddings + layers
+      s_layers, t_layers = s_layers - 1, t_layers - 1
+    attention_map, hidden_map = layer_map(s_layers, t_layers)
+    if weights.attention:
+      s_att, t_att = student.attention_scores, teacher.attention_scores
+      terms["attention"] = sum(attention_mse(s_att[i], t_att[j], weight)
+                               for i, j in enumerate(attention_map))
+    if weights.hidden:
+      s_hid = _required(student, "hidden_states", "student")
+      t_hid = _required(teacher, "hidden_states", "teacher")
+      if len(s_hid) != len(hidden_map) or len(t_hid) != hidden_map[-1] + 1:
+        raise ValueError(f"hidden_states: got {len(s_hid)} student and {len(t_hid)} "
+                         f"teacher states for {s_layers} / {t_layers} layers")
+      terms["hidden"] = sum(hidden_mse(s_hid[i], t_hid[j], weight)
+                            for i, j in enumerate(hidden_map))
+
+  if weights.prediction:
+    s_logits = _required(student, "logits", "student")
+    if s_logits.shape[-1] == 1:  # regression head: learn the gold score
+      if labels is None:
+        raise ValueError("a regression student (one logit) needs the gold labels")
+      terms["prediction"] = regression_mse(s_logits, labels, weight)
+    else:
+      t_logits = _required(teacher, "logits", "teacher")
+      loss_fn = soft_cross_entropy if prediction_loss == "reference" else kl_divergence
+      terms["prediction"] = loss_fn(s_logits, t_logits, temperature, weight)
+
+  total = (weights.attention * terms["attention"] + weights.hidden * terms["hidden"]
+           + weights.prediction * terms["prediction"])
+  return total, terms
+
+
+def _required(output: Any, field: str, who: str) -> Sequence[jax.Array] | jax.Array:
+  value = getattr(output, field, None)
+  if value is None:
+    flag = {"attention_scores": "output_attention_scores=True",
+            "hidden_states": "output_hidden_states=True"}.get(field, "a classification head")
+    raise ValueError(f"the {who} output has no {field} (apply the model with {flag})")
+  return value
+
+
+def _check_same_shape(what: str, a: jax.Array, b: jax.Array) -> None:
+  if a.shape != b.shape:
+    raise ValueError(f"{what}: student shape {a.shape} != teacher shape {b.shape}")

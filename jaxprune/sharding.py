@@ -1,0 +1,323 @@
+"""Device mesh, logical-axis rules, and the shardings of the train state and batches.
+
+The mesh has two axes: ``data`` (the batch is split along it) and ``model`` (attention
+heads, the FFN dimension and the vocabulary are split along it). Params are placed by
+their logical axis names (``jaxprune.models.bert``) through ``RULES``; every other
+leaf of the train state (Adam moments, pruning masks, the copy of the params inside the
+state) is placed like the param it mirrors, found by its key path, and scalars (step
+counters, the rng) are replicated. Nothing in the model or the train step knows about
+devices: ``jit_train_step`` compiles the pure step with these shardings.
+
+``jax.distributed.initialize`` is called only in ``initialize_distributed``, and only
+when a coordinator is configured.
+
+Example::
+
+  initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
+  mesh = make_mesh(config.mesh_shape)
+  student_sh = param_shardings(logical_axes(student), mesh)
+  state, state_sh = create_sharded_state(params, tx, jax.random.key(0), student_sh, mesh)
+  teacher_params = put(teacher_params, param_shardings(logical_axes(teacher), mesh))
+  step = jit_train_step(make_train_step(student, tx, teacher=teacher), mesh, state_sh,
+                        param_shardings(logical_axes(teacher), mesh))
+  state, metrics = step(state, teacher_params, global_batch(local_batch, mesh))
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from jaxprune import train
+
+__all__ = [
+    "AXES",
+    "RULES",
+    "batch_sharding",
+    "create_sharded_state",
+    "global_batch",
+    "initialize_distributed",
+    "jit_train_step",
+    "make_mesh",
+    "mirror_shardings",
+    "param_shardings",
+    "put",
+    "replicated",
+]
+
+log = logging.getLogger(__name__)
+
+AXES = ("data", "model")
+
+# Logical axis (jaxprune.models.bert) -> mesh axis; None replicates that dimension.
+RULES: tuple[tuple[str, str | None], ...] = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("heads", "model"),
+    ("mlp", "model"),
+    ("embed", None),
+    ("embed_out", None),
+    ("positions", None),
+    ("labels", None),
+)
+
+
+def initialize_distributed(coordinator_address: str = "", num_processes: int = 1,
+                           process_id: int = 0,
+                           local_device_ids: Sequence[int] | None = None) -> bool:
+  """Joins a multi-process run when a coordinator is configured; else does nothing.
+
+  Must run before anything else touches jax devices. Returns whether it initialized.
+
+  Example: ``initialize_distributed("127.0.0.1:12345", num_processes=2, process_id=0)``.
+  """
+  if not coordinator_address:
+    if num_processes != 1:
+      raise ValueError(f"num_processes={num_processes} needs a coordinator_address")
+    return False
+  jax.distributed.initialize(coordinator_address, num_processes=num_processes,
+                             process_id=process_id, local_device_ids=local_device_ids)
+  log.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+           jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True
+
+
+def make_mesh(mesh_shape: Sequence[int] = (-1, 1), axis_names: Sequence[str] = AXES,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over all (or the given) devices; one ``-1`` entry takes what is left.
+
+  Axes are ``AxisType.Auto``: the compiler propagates shardings through the model.
+
+  Example: ``make_mesh((-1, 2))`` on 8 devices is a 4 (data) x 2 (model) mesh.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  shape = list(mesh_shape)
+  if len(shape) != len(axis_names):
+    raise ValueError(f"mesh_shape {tuple(mesh_shape)} does not match axes {tuple(axis_names)}")
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh_shape {tuple(mesh_shape)}: at most one -1")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if known < 1 or len(devices) % known:
+      raise ValueError(f"mesh_shape {tuple(mesh_shape)} does not divide {len(devices)} devices")
+    shape[shape.index(-1)] = len(devices) // known
+  if math.prod(shape) != len(devices):
+    raise ValueError(f"mesh_shape {tuple(shape)} needs {math.prod(shape)} devices, "
+                     f"have {len(devices)}")
+  return jax.make_mesh(tuple(shape), tuple(axis_names),
+                       axis_types=(AxisType.Auto,) * len(shape), devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """The sharding of a value every device holds whole (scalars, metrics)."""
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batch arrays: the leading (example) axis split along ``data``."""
+  return NamedSharding(mesh, P("data"))
+
+
+def param_shardings(logical_specs: Any, mesh: Mesh, shapes: Any = None,
+                    rules: Sequence[tuple[str, str | None]] = RULES) -> Any:
+  """``NamedSharding``s of params from their logical axis names.
+
+  Args:
+    logical_specs: a tree of ``PartitionSpec``s of logical names, e.g.
+      ``jaxprune.models.bert.logical_axes(model)``.
+    mesh: the device mesh.
+    shapes: optional tree of the params (arrays or ``ShapeDtypeStruct``s); a dimension
+      that the mesh axis does not divide (e.g. a 30522-row vocabulary on 4 devices) is
+      then replicated instead of failing.
+    rules: logical -> mesh axis rules.
+
+  Returns:
+    A tree of ``NamedSharding`` with the structure of ``logical_specs``.
+
+  Example: ``param_shardings(logical_axes(model), mesh, params)``.
+  """
+  is_spec = lambda x: isinstance(x, P)
+  mesh_specs = jax.tree.map(lambda s: nn.logical_to_mesh_axes(s, rules), logical_specs,
+                            is_leaf=is_spec)
+  if shapes is not None:
+    mesh_specs = jax.tree.map(lambda s, x: _divisible(s, np.shape(x), mesh), mesh_specs,
+                              nn.unbox(shapes), is_leaf=is_spec)
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), mesh_specs, is_leaf=is_spec)
+
+
+def _divisible(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+  """``spec`` with the mesh axes of dimensions they do not divide dropped."""
+  if len(spec) > len(shape):
+    raise ValueError(f"partition spec {spec} has more axes than shape {shape}")
+  out = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    if dim % math.prod(mesh.shape[a] for a in names):
+      log.warning("dimension %d is not divisible by mesh axes %s: replicated", dim, names)
+      axes = None
+    out.append(axes)
+  return P(*out)
+
+
+def _path_parts(path: Sequence[Any]) -> tuple[str, ...]:
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return tuple(parts)
+
+
+def mirror_shardings(tree: Any, params: Any, shardings: Any, mesh: Mesh) -> Any:
+  """Shardings for any tree whose leaves mirror params (optimizer state, masks, ...).
+
+  A leaf whose key path ENDS with a param's path (e.g. ``0/mu/bert/.../query/kernel``
+  or ``masks/bert/.../query/kernel``) and has that param's shape gets that param's
+  sharding (the longest such path wins). A leaf no path matches gets the sharding of
+  the params of its shape if they all agree; every other leaf, scalars included, is
+  replicated.
+
+  Args:
+    tree: arrays or ``ShapeDtypeStruct``s, e.g. ``jax.eval_shape(tx.init, params)``.
+    params: the params tree (arrays or ``ShapeDtypeStruct``s).
+    shardings: the params' shardings (same structure as ``params``).
+    mesh: the mesh, for replicated leaves.
+
+  Returns:
+    A tree of ``NamedSharding`` with the structure of ``tree``.
+
+  Example: ``mirror_shardings(jax.eval_shape(tx.init, params), params, sh, mesh)``.
+  """
+  by_path: dict[tuple[str, ...], tuple[tuple[int, ...], NamedSharding]] = {}
+  by_shape: dict[tuple[int, ...], set[NamedSharding]] = {}
+  flat_params, treedef = jax.tree_util.tree_flatten_with_path(nn.unbox(params))
+  for (path, leaf), sharding in zip(flat_params, treedef.flatten_up_to(shardings)):
+    shape = tuple(np.shape(leaf))
+    by_path[_path_parts(path)] = (shape, sharding)
+    by_shape.setdefault(shape, set()).add(sharding)
+  rep = replicated(mesh)
+
+  def pick(path, leaf):
+    shape, parts = tuple(np.shape(leaf)), _path_parts(path)
+    if not shape:
+      return rep
+    for start in range(len(parts)):
+      match = by_path.get(parts[start:])
+      if match is not None and match[0] == shape:
+        return match[1]
+    candidates = by_shape.get(shape, set())
+    return next(iter(candidates)) if len(candidates) == 1 else rep
+
+  return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def put(tree: Any, shardings: Any) -> Any:
+  """Places host values (the same on every process) as global arrays with ``shardings``.
+
+  Each process only transfers the slices its own devices hold, so this works on one or
+  many processes alike.
+
+  Example: ``teacher_params = put(teacher_params, teacher_shardings)``.
+  """
+  def one(x, sharding):
+    if isinstance(x, jax.Array) and (sharding.is_fully_addressable
+                                     or not x.is_fully_addressable):
+      return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+  return jax.tree.map(one, tree, shardings)
+
+
+def create_sharded_state(params: Any, tx: optax.GradientTransformation, rng: jax.Array,
+                         shardings: Any, mesh: Mesh) -> tuple[train.TrainState, Any]:
+  """A fresh ``TrainState`` born sharded, and the state's shardings.
+
+  The shardings come from ``jax.eval_shape`` of the state through `mirror_shardings`:
+  params and everything shaped like them (Adam moments, masks) as the params, scalars
+  (step, optimizer counts) replicated.
+
+  Args:
+    params: initial params (host or device arrays), the same on every process.
+    tx: the optimizer.
+    rng: the run's key (typed or raw), replicated.
+    shardings: the params' shardings (see `param_shardings`).
+    mesh: the mesh.
+
+  Returns:
+    ``(state, state_shardings)``; pass ``state_shardings`` to `jit_train_step`.
+
+  Example: ``state, state_sh = create_sharded_state(params, tx, key, student_sh, mesh)``.
+  """
+  create = lambda p, r: train.create_train_state(p, tx, r)
+  abstract = jax.eval_shape(create, params, rng)
+  state_sh = mirror_shardings(abstract, params, shardings, mesh)
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)
+  rng = put(np.asarray(rng, np.uint32), replicated(mesh))
+  state = jax.jit(create, out_shardings=state_sh)(put(params, shardings), rng)
+  return state, state_sh
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Global batch arrays from this process's rows (its contiguous slice of the batch).
+
+  Every process passes its own ``(b, ...)`` rows; the result is ``(b * processes, ...)``
+  split along ``data``. Raises if this process's devices do not hold one contiguous
+  block of rows in process order (then a per-process data slice would land elsewhere).
+
+  Example: ``batch = global_batch(next(local_batches), mesh)``.
+  """
+  sharding = batch_sharding(mesh)
+  out = {}
+  for name, x in local_batch.items():
+    x = np.asarray(x)
+    global_shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+    _check_process_rows(sharding, global_shape, x.shape[0])
+    out[name] = jax.make_array_from_process_local_data(sharding, x, global_shape)
+  return out
+
+
+@functools.lru_cache(maxsize=64)
+def _process_rows(sharding: NamedSharding, global_shape: tuple[int, ...]) -> tuple[int, int]:
+  rows = [idx[0].indices(global_shape[0])[:2]
+          for idx in sharding.addressable_devices_indices_map(global_shape).values()]
+  return min(r[0] for r in rows), max(r[1] for r in rows)
+
+
+def _check_process_rows(sharding: NamedSharding, global_shape: tuple[int, ...],
+                        local_rows: int) -> None:
+  start, stop = _process_rows(sharding, global_shape)
+  expected = (jax.process_index() * local_rows, (jax.process_index() + 1) * local_rows)
+  if (start, stop) != expected and jax.process_count() > 1:
+    raise ValueError(f"process {jax.process_index()} holds batch rows [{start}, {stop}) on "
+                     f"this mesh, not its data slice {list(expected)}: order the mesh "
+                     "devices by process")
+
+
+def jit_train_step(train_step: Callable, mesh: Mesh, state_shardings: Any,
+                   teacher_shardings: Any = None) -> Callable:
+  """Compiles ``train_step(state, teacher_params, batch)`` for the mesh.
+
+  The state is donated (updated in place) and keeps its shardings; the teacher params
+  are read-only (not donated); the batch is split along ``data``; metrics come back
+  replicated.
+
+  Example: ``step = jit_train_step(make_train_step(...), mesh, state_sh, teacher_sh)``.
+  """
+  return jax.jit(train_step,
+                 in_shardings=(state_shardings, teacher_shardings, batch_sharding(mesh)),
+                 out_shardings=(state_shardings, replicated(mesh)),
+                 donate_argnums=(0,))
