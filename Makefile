@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/jaxprune --mode=demo $(ARGS)
+	$(VENV)/bin/jaxprune --mode=demo --config=configs/demo.py $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

@@ -50,7 +50,14 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict[str, Any], force: bool = False) -> None:
-    """Saves asynchronously; the previous save is finished first."""
+    """Saves asynchronously; the previous save is finished first.
+
+    A checkpoint already at ``step`` (left by a run killed before it recorded it
+    elsewhere) is replaced.
+    """
+    if step in self._manager.all_steps():
+      self._manager.wait_until_finished()
+      self._manager.delete(step)
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
 

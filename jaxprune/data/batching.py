@@ -38,7 +38,8 @@ import numpy as np
 
 from jaxprune.data.readers import Examples
 
-__all__ = ["IteratorState", "encode", "epoch_permutation", "steps_per_epoch",
+__all__ = ["IteratorState", "encode", "epoch_permutation", "length_grouped_order",
+           "steps_per_epoch",
            "num_eval_batches", "train_batches", "eval_batches"]
 
 Batch = dict[str, np.ndarray]
@@ -141,10 +142,30 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
+def length_grouped_order(order: np.ndarray, lengths: np.ndarray, global_batch_size: int,
+                         window: int, seed: int, epoch: int) -> np.ndarray:
+  """``order`` regrouped so each global batch holds examples of similar length.
+
+  Every run of ``window`` batches of ``order`` is sorted by length and cut into batches,
+  then all full batches of the epoch are shuffled (from ``(seed, epoch)``), so batch
+  composition stays random at the scale of a window while padding shrinks (see
+  ``trim_padding`` in the trainer). The tail that does not fill a batch keeps its place
+  at the end, to be dropped.
+  """
+  span = window * global_batch_size
+  grouped = np.concatenate([
+      chunk[np.argsort(-lengths[chunk], kind="stable")]
+      for chunk in np.split(order, np.arange(span, len(order), span))]) if len(order) else order
+  full = len(order) // global_batch_size * global_batch_size
+  batches = grouped[:full].reshape(-1, global_batch_size)
+  shuffled = batches[np.random.default_rng([seed, epoch, 1]).permutation(len(batches))]
+  return np.concatenate([shuffled.reshape(-1), grouped[full:]])
+
+
 def train_batches(data: Batch, global_batch_size: int, *, seed: int,
                   state: IteratorState | None = None, num_epochs: int | None = None,
-                  shuffle: bool = True, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[tuple[Batch, IteratorState]]:
+                  shuffle: bool = True, process_index: int = 0, process_count: int = 1,
+                  group_by_length: int = 0) -> Iterator[tuple[Batch, IteratorState]]:
   """Yields ``(batch, state)`` training batches, ``state`` being where to resume after it.
 
   Each epoch is a fresh permutation drawn from ``(seed, epoch)``; the remainder that
@@ -160,9 +181,12 @@ def train_batches(data: Batch, global_batch_size: int, *, seed: int,
     shuffle: ``False`` keeps file order (for debugging).
     process_index: this process (``jax.process_index()``).
     process_count: number of processes (``jax.process_count()``).
+    group_by_length: if > 0, batches of similar lengths (`length_grouped_order` over
+      windows of this many batches; needs ``attention_mask`` in ``data``).
   """
   local = _local_size(global_batch_size, process_index, process_count)
   n = _num_examples(data)
+  lengths = data["attention_mask"].sum(axis=1) if group_by_length else None
   steps = steps_per_epoch(n, global_batch_size)
   if steps == 0:
     raise ValueError(f"{n} examples do not fill one batch of {global_batch_size}")
@@ -173,6 +197,9 @@ def train_batches(data: Batch, global_batch_size: int, *, seed: int,
   weight = np.ones((local,), np.float32)
   while num_epochs is None or epoch < num_epochs:
     order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)
+    if group_by_length:
+      order = length_grouped_order(order, lengths, global_batch_size, group_by_length, seed,
+                                   epoch)
     for position in range(first, steps):
       start = position * global_batch_size + process_index * local
       following = (IteratorState(epoch, position + 1) if position + 1 < steps

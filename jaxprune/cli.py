@@ -1,0 +1,140 @@
+"""What each ``jaxprune --mode=...`` does (kept out of ``main.py`` so it stays short).
+
+Example::
+
+  from jaxprune import cli
+  from jaxprune.config import demo_config
+  print(cli.run("demo", demo_config(), "runs/demo"))
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from jaxprune import config as config_lib
+from jaxprune import report
+
+__all__ = ["run", "demo"]
+
+DEFAULT_WORKDIR = {"demo": "runs/demo"}
+
+
+def _need(value, what: str):
+  if not value:
+    raise config_lib.ConfigError(f"--{what} is required for this mode")
+  return value
+
+
+def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str | None, *,
+        export_format: str = "hf", out: str | None = None) -> str | None:
+  """Runs one CLI mode; returns text to print (or None)."""
+  from jaxprune import trainer
+
+  if config is None:
+    config = config_lib.demo_config() if mode == "demo" else config_lib.base_config()
+  workdir = workdir or DEFAULT_WORKDIR.get(mode)
+  if mode == "demo":
+    return demo(config, Path(workdir))
+  if mode in ("finetune", "prune"):
+    summary = trainer.train_and_evaluate(config, _need(workdir, "workdir"), mode)
+    return json.dumps(summary, indent=2)
+  if mode == "eval":
+    scores = trainer.evaluate_checkpoint(config, _need(workdir, "workdir"))
+    return json.dumps({"task": config.task, "dev": scores}, indent=2)
+  if mode == "augment":
+    from jaxprune import data
+    result = data.augment_task(trainer.glue_dir(config), config.task,
+                               _need(workdir, "workdir"), model=config.model.removeprefix("random:"),
+                               seed=config.seed)
+    return (f"wrote {result.num_rows} rows from {result.num_examples} examples to "
+            f"{result.path} in {result.seconds:.0f} s; train on it with "
+            f"--config.train_split=train_aug --config.aug_dir={workdir}")
+  if mode == "export":
+    return export(_need(workdir, "workdir"), export_format, out)
+  raise config_lib.ConfigError(f"mode {mode!r}: expected one of demo, finetune, prune, eval, "
+                               "augment, export")
+
+
+def export(workdir: str, export_format: str, out: str | None) -> str:
+  """Exports a run's selected model (``<workdir>/hf``) in another format."""
+  from jaxprune import export as export_lib
+  from jaxprune import models
+
+  source = Path(workdir)
+  if (source / "hf" / "config.json").is_file():
+    source = source / "hf"
+  _, params, model_config = models.from_pretrained(source)
+  target = Path(out or Path(workdir) / f"export-{export_format.replace(':', '-')}")
+  export_lib.export_model(params, None, model_config, target, format=export_format,
+                          tokenizer_from=source)
+  size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+  return f"exported {source} as {export_format} to {target} ({size / 2**20:.1f} MiB)"
+
+
+def _check_inputs(config: ml_collections.ConfigDict) -> tuple[Path, Path]:
+  """Where the demo's data and model come from, with how-to-get-them errors."""
+  from jaxprune import trainer
+  from jaxprune.data import DataError
+  from jaxprune.models import ModelNotFoundError, resolve
+
+  try:
+    glue = trainer.glue_dir(config)
+  except DataError as e:
+    raise DataError(f"{e}. Get GLUE with the GLUE download script (download_glue_data.py) "
+                    "or use TFDS: --config.data_source=tfds") from None
+  if not (glue / config.task).is_dir() and config.data_source == "tsv":
+    raise DataError(f"{glue / config.task}: no such folder (expected the GLUE files of "
+                    f"{config.task}; get them with the GLUE download script)")
+  try:
+    model = resolve(config.model.removeprefix("random:"))
+  except ModelNotFoundError as e:
+    raise ModelNotFoundError(f"{e}") from None
+  return glue, model
+
+
+def demo(config: ml_collections.ConfigDict, workdir: Path) -> str:
+  """Fine-tunes a teacher, prunes+distills a student, and compares them on GLUE dev."""
+  from jaxprune import trainer
+
+  glue, model = _check_inputs(config)
+  print(f"data:  {config.task} from {glue.resolve() if config.data_source == 'tsv' else 'TFDS'}"
+        f" (train subsample {config.train_subsample or 'all'}, max_seq_len {config.max_seq_len})")
+  print(f"model: {config.model} ({model})")
+  print(f"runs:  {workdir}/teacher, {workdir}/student\n")
+  t0 = time.time()
+  teacher = trainer.train_and_evaluate(config, workdir / "teacher", "finetune")
+  t1 = time.time()
+  with config.unlocked():
+    config.teacher = str(workdir / "teacher")
+  student = trainer.train_and_evaluate(config, workdir / "student", "prune")
+  t2 = time.time()
+  return summary_table(teacher, student, t1 - t0, t2 - t1, workdir)
+
+
+def summary_table(teacher: dict[str, Any], student: dict[str, Any], teacher_s: float,
+                  student_s: float, workdir: Path) -> str:
+  """The demo's closing table: scores on the official dev set, sparsity, sizes."""
+  metrics = list(teacher["selected"]["scores"])
+  rows = []
+  for name, s, secs in (("teacher (dense, fine-tuned)", teacher, teacher_s),
+                        (f"student ({student['encoder_sparsity']:.0%} sparse, distilled)",
+                         student, student_s)):
+    rows.append([name, *[f"{100 * s['selected']['scores'][m]:.2f}" for m in metrics],
+                 f"{s['encoder_sparsity']:.1%}",
+                 f"{s['encoder_nonzero']:,} / {s['encoder_size']:,}",
+                 f"{s['nonzero_params']:,}",
+                 f"{s['sparse_fp16_export_bytes'] / 2**20:.1f} MiB",
+                 f"{secs / 60:.1f} min"])
+  table = report.table(["model", *[f"dev {m}" for m in metrics], "encoder sparsity",
+                        "encoder nonzero", "all nonzero", "sparse fp16 artifact", "time"], rows)
+  main = metrics[0]
+  gap = 100 * (teacher["selected"]["scores"][main] - student["selected"]["scores"][main])
+  return (f"\n{student['task']} dev set (official metric: {main})\n{table}\n\n"
+          f"gap teacher - student: {gap:.2f} points of {main}\n"
+          f"pruned model (HF format, loads in transformers): {workdir / 'student' / 'hf'}\n"
+          f"plots: {workdir / 'teacher' / 'run.png'}, {workdir / 'student' / 'run.png'}")

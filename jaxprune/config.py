@@ -1,0 +1,238 @@
+"""The run configuration: one ml_collections ``ConfigDict`` with a comment per field.
+
+Config files under ``configs/`` start from :func:`base_config` and change what their
+setting needs; :func:`parse_arg` reads big_vision-style ``file.py:key=value,...``
+arguments; :func:`validate` turns bad values into one-line ``ConfigError``s before any
+work starts.
+
+Example::
+
+  config = base_config()
+  config.task = "RTE"
+  config.prune.sparsity = 0.95
+  validate(config)
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+__all__ = ["ConfigError", "base_config", "demo_config", "train_section", "parse_arg",
+           "validate"]
+
+
+class ConfigError(ValueError):
+  """A config value out of range or inconsistent with another (one line)."""
+
+
+def train_section(**changes) -> ml_collections.ConfigDict:
+  """Optimisation settings of one training run (the teacher's or the student's)."""
+  c = ml_collections.ConfigDict()
+  # Global batch size (over all devices and hosts).
+  c.batch_size = 32
+  # Training length in epochs over the training split; ignored when num_steps > 0.
+  c.epochs = 3.0
+  # Training length in optimizer steps (0: derived from epochs).
+  c.num_steps = 0
+  # "adamw": AdamW, linear warmup then linear decay, global-norm clipping.
+  # "bert_adam": the reference BertAdam (no bias correction, per-tensor clipping, constant lr).
+  c.optimizer = "adamw"
+  # Peak learning rate.
+  c.lr = 5e-5
+  # Fraction of the steps spent warming up (adamw only).
+  c.warmup_ratio = 0.1
+  # Decoupled weight decay, not applied to biases and LayerNorm.
+  c.weight_decay = 0.01
+  # Gradient clipping norm (global for adamw, per tensor for bert_adam).
+  c.clip_norm = 1.0
+  # Dropout of the trained model (hidden and attention).
+  c.dropout = 0.1
+  # Evaluate on dev every this many steps (0: once per epoch) and at the end.
+  c.eval_every = 0
+  # Write a checkpoint every this many steps (and at every eval and at the end).
+  c.checkpoint_every = 200
+  # Log training metrics every this many steps.
+  c.log_every = 10
+  c.update(changes)
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults: MiniLM-L6 on SST-2 on a CPU, 90% encoder sparsity."""
+  config = ml_collections.ConfigDict()
+  # GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI).
+  config.task = "SST-2"
+  # Where the data comes from: "tsv" (glue_dir) or "tfds" (tensorflow-datasets glue/<task>).
+  config.data_source = "tsv"
+  # A glue_data folder (<TASK>/train.tsv ...); "" = $JAXPRUNE_GLUE_DIR or ../shared/data/glue.
+  config.glue_dir = ""
+  # Training split: "train", or "train_aug" written by `jaxprune --mode=augment`.
+  config.train_split = "train"
+  # Folder holding <TASK>/train_aug.tsv from `jaxprune --mode=augment` ("" = glue_dir).
+  config.aug_dir = ""
+  # Use a seeded random subset of this many training examples (0: all).
+  config.train_subsample = 0
+  # Use the first this many dev examples (0: all; only for quick tests).
+  config.dev_subsample = 0
+  # Tokens per example (pairs truncated longest-first).
+  config.max_seq_len = 128
+  # Cut each batch's all-padding columns, rounding its length up to a multiple of this
+  # (0: always max_seq_len, as the reference; the attention-score MSE then averages over
+  # the padded positions too, so its scale depends on this). Single-process runs only.
+  config.trim_padding_to = 0
+  # Batch examples of similar length together, within windows of this many batches
+  # (0: off). With trim_padding_to it cuts most padding on short-sentence tasks.
+  config.group_by_length = 0
+  # Examples per evaluation batch (global).
+  config.eval_batch_size = 128
+  # The pre-trained checkpoint: the student's init (mode=prune) and the teacher's (finetune).
+  # "random:<checkpoint>" initialises that architecture randomly (with model_overrides).
+  config.model = "minilm-l6"
+  # Overrides of the model config (e.g. {"dtype": "bfloat16"}).
+  config.model_overrides = ml_collections.ConfigDict()
+  # The teacher for mode=prune: a finetune workdir or a fine-tuned HF checkpoint.
+  config.teacher = ""
+  # What mode=prune trains: "distill_prune" (SparseBERT), "prune_labels" (magnitude
+  # pruning on gold labels, the paper's baseline) or "distill" (dense distillation).
+  config.method = "distill_prune"
+  # Seed of parameter init, dropout and data order.
+  config.seed = 42
+  # Checkpoints kept in <workdir>/checkpoints (the newest ones).
+  config.keep_checkpoints = 2
+  # How the teacher is fine-tuned (mode=finetune).
+  config.finetune = train_section(lr=5e-5, epochs=3.0)
+  # How the student is pruned and distilled (mode=prune).
+  config.train = train_section(lr=1e-4, epochs=3.0)
+
+  config.prune = ml_collections.ConfigDict()
+  # Final fraction of zeros in every prunable matrix.
+  config.prune.sparsity = 0.9
+  # Which weights are pruned: regexes over "/"-joined param paths ("bert_encoder": the
+  # 6 encoder matrices of every layer, as the paper).
+  config.prune.where = "bert_encoder"
+  # "cubic" (ends exactly at the target) or "reference" (the reference's arithmetic).
+  config.prune.schedule = "cubic"
+  # Number of mask updates over the ramp (the reference: 100).
+  config.prune.events = 100
+  # First step of the ramp.
+  config.prune.begin_step = 0
+  # Fraction of the training steps over which sparsity ramps up; the rest trains at the
+  # target sparsity (the reference: 1.0, i.e. the target is reached at the last step).
+  config.prune.ramp_fraction = 0.7
+  # "per_matrix" (the paper) or "global" magnitude ranking.
+  config.prune.scope = "per_matrix"
+  # "unstructured", "n:m" (e.g. "2:4") or "block:RxC" (e.g. "block:4x4").
+  config.prune.pattern = "unstructured"
+  # Keep every weight tied with the k-th largest (reference) instead of exactly k.
+  config.prune.keep_ties = False
+
+  config.distill = ml_collections.ConfigDict()
+  # Weights of the attention-score, hidden-state and prediction terms.
+  config.distill.attention_weight = 1.0
+  config.distill.hidden_weight = 1.0
+  config.distill.prediction_weight = 1.0
+  # Softmax temperature of the prediction term.
+  config.distill.temperature = 1.0
+  # "reference": mean soft cross-entropy over batch and classes; "kl": KL * T^2.
+  config.distill.prediction_loss = "reference"
+  # Keep the teacher's dropout active during distillation (a reference quirk).
+  config.distill.teacher_dropout = False
+  # ReLU between the pooler and the classifier, teacher and student (a reference quirk).
+  config.distill.classifier_relu = False
+
+  # Device mesh (data, model); -1 takes the remaining devices.
+  config.mesh_shape = (-1, 1)
+  # Multi-host: coordinator "host:port" (empty: single process, or auto-detected on TPU).
+  config.coordinator_address = ""
+  config.num_processes = 1
+  config.process_id = 0
+  return config
+
+
+def demo_config() -> ml_collections.ConfigDict:
+  """The README's demo: MiniLM-L6 teacher vs 90%-sparse student on SST-2, on a CPU.
+
+  See configs/demo.py for the command, runtime and result.
+  """
+  config = base_config()
+  config.task = "SST-2"
+  config.train_subsample = 20000
+  config.max_seq_len = 64
+  config.trim_padding_to = 16
+  config.group_by_length = 50
+  config.finetune.epochs = 1.0
+  config.finetune.lr = 5e-5
+  config.finetune.eval_every = 200
+  config.train.epochs = 2.0
+  config.train.lr = 1e-4
+  config.train.eval_every = 250
+  config.prune.sparsity = 0.9
+  config.prune.ramp_fraction = 0.7
+  return config
+
+
+def _coerce(value: str):
+  low = value.lower()
+  if low in ("true", "false"):
+    return low == "true"
+  for cast in (int, float):
+    try:
+      return cast(value)
+    except ValueError:
+      pass
+  return value
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses ``"task=rte,sparsity=0.9,runlocal"`` into a ConfigDict over ``defaults``.
+
+  ``key`` alone means ``key=True``. Unknown keys are errors.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in out:
+      raise ConfigError(f"config argument {key!r}: expected one of {sorted(out.keys())}")
+    out[key] = _coerce(value.strip()) if value else True
+  return out
+
+
+def validate(config: ml_collections.ConfigDict, mode: str) -> None:
+  """Raises ``ConfigError`` (one line) for values that cannot work."""
+  from jaxprune.data import tasks
+
+  try:
+    tasks.get_task(config.task)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if not 0.0 <= config.prune.sparsity < 1.0:
+    raise ConfigError(f"prune.sparsity={config.prune.sparsity}: expected a value in [0, 1)")
+  if not 0.0 < config.prune.ramp_fraction <= 1.0:
+    raise ConfigError(f"prune.ramp_fraction={config.prune.ramp_fraction}: expected (0, 1]")
+  if config.prune.schedule not in ("cubic", "reference"):
+    raise ConfigError(f"prune.schedule={config.prune.schedule!r}: expected 'cubic' or 'reference'")
+  if config.prune.scope not in ("per_matrix", "global"):
+    raise ConfigError(f"prune.scope={config.prune.scope!r}: expected 'per_matrix' or 'global'")
+  if config.distill.prediction_loss not in ("reference", "kl"):
+    raise ConfigError(f"distill.prediction_loss={config.distill.prediction_loss!r}: "
+                      "expected 'reference' or 'kl'")
+  if config.max_seq_len < 8 or config.max_seq_len > 512:
+    raise ConfigError(f"max_seq_len={config.max_seq_len}: expected 8..512")
+  for name in ("finetune", "train"):
+    t = config[name]
+    if t.batch_size < 1:
+      raise ConfigError(f"{name}.batch_size={t.batch_size}: expected >= 1")
+    if t.optimizer not in ("adamw", "bert_adam"):
+      raise ConfigError(f"{name}.optimizer={t.optimizer!r}: expected 'adamw' or 'bert_adam'")
+    if not t.lr > 0:
+      raise ConfigError(f"{name}.lr={t.lr}: expected > 0")
+    if t.num_steps <= 0 and not t.epochs > 0:
+      raise ConfigError(f"{name}: epochs={t.epochs} and num_steps={t.num_steps}: "
+                        "expected a positive training length")
+  if config.method not in ("distill_prune", "prune_labels", "distill"):
+    raise ConfigError(f"method={config.method!r}: expected 'distill_prune', 'prune_labels' "
+                      "or 'distill'")
+  if mode == "prune" and config.method != "prune_labels" and not config.teacher:
+    raise ConfigError("mode=prune needs a teacher: --config.teacher=<finetune workdir "
+                      "or fine-tuned HF checkpoint>")

@@ -1,0 +1,67 @@
+"""The ``jaxprune`` command line: absl flags plus an ml_collections config file.
+
+Intentionally short; the work is done by importable modules.
+
+  jaxprune --mode=demo
+  jaxprune --mode=finetune --config=configs/minilm_glue.py:task=rte --workdir=runs/rte-teacher
+  jaxprune --mode=prune --config=configs/minilm_glue.py:task=rte,sparsity=0.9 \
+      --workdir=runs/rte-sparse --config.teacher=runs/rte-teacher --config.train.lr=1e-4
+  jaxprune --mode=eval --config=configs/minilm_glue.py:task=rte --workdir=runs/rte-sparse
+  jaxprune --mode=augment --config=configs/minilm_glue.py:task=mrpc --workdir=runs/aug
+  jaxprune --mode=export --workdir=runs/rte-sparse --format=sparse
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+MODES = ("demo", "finetune", "prune", "eval", "augment", "export")
+
+_MODE = flags.DEFINE_enum("mode", "demo", MODES, "What to run.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config file (configs/*.py[:args]); fields can be overridden with "
+    "--config.<field>=<value>.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumes if it exists).")
+_FORMAT = flags.DEFINE_enum("format", "hf", ["hf", "sparse", "2:4"], "Export format.")
+_OUT = flags.DEFINE_string("out", None, "Export directory (default <workdir>/export-<format>).")
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+  """Errors a user can fix: one line on stderr, exit code 2, no traceback."""
+  from jaxprune.config import ConfigError
+  from jaxprune.data import DataError
+  from jaxprune.export import ArtifactError, PatternError
+  from jaxprune.models import CheckpointError, ModelNotFoundError
+  return (ConfigError, DataError, CheckpointError, ModelNotFoundError, ArtifactError,
+          PatternError, FileNotFoundError)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+  from jaxprune import cli
+  from jaxprune.trainer import TrainingError
+  try:
+    summary = cli.run(_MODE.value, _CONFIG.value, _WORKDIR.value, export_format=_FORMAT.value,
+                      out=_OUT.value)
+  except _user_errors() as e:
+    print(f"jaxprune: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except TrainingError as e:
+    print(f"jaxprune: stopped: {e}", file=sys.stderr)
+    sys.exit(3)
+  if summary is not None:
+    print(summary)
+
+
+def run() -> None:
+  """Console-script entry point."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

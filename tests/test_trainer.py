@@ -1,0 +1,228 @@
+"""The trainer and CLI end to end on the tiny config: finetune -> prune -> eval, exact
+resume after SIGKILL, NaN stop, corrupted checkpoints, and one-line CLI errors."""
+
+import importlib.util
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxprune import checkpoint
+from jaxprune import config as config_lib
+from jaxprune import trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(arg: str | None = None):
+  spec = importlib.util.spec_from_file_location("tiny_config", ROOT / "configs" / "tiny.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(glue_dir, minilm_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("tiny") / "teacher"
+  summary = trainer.train_and_evaluate(tiny_config(), workdir, "finetune", progress=False)
+  assert summary["steps"] == 12
+  return workdir
+
+
+def test_finetune_prune_eval_end_to_end(teacher_dir, tmp_path):
+  t0 = time.time()
+  config = tiny_config("sparsity=0.75")
+  config.teacher = str(teacher_dir)
+  summary = trainer.train_and_evaluate(config, tmp_path / "student", "prune", progress=False)
+  assert summary["encoder_sparsity"] == pytest.approx(0.75)
+  assert summary["selected"]["sparsity"] == pytest.approx(0.75)  # best among final-sparsity evals
+  assert set(summary["teacher_scores"]) == {"f1", "accuracy"}
+  rows = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").open()]
+  kinds = {r["kind"] for r in rows}
+  assert kinds == {"teacher_eval", "train", "eval", "prune_event"}
+  events = [r for r in rows if r["kind"] == "prune_event"]
+  assert len(events) == 4 and events[-1]["total"] == pytest.approx(0.75)
+  assert all(set(e) >= {"layer_0", "layer_1", "total"} for e in events)
+  train_rows = [r for r in rows if r["kind"] == "train"]
+  assert {"loss", "attention_loss", "hidden_loss", "prediction_loss", "sparsity", "grad_norm",
+          "learning_rate"} <= set(train_rows[-1])
+  for name in ("hf/config.json", "hf/model.safetensors", "hf/vocab.txt", "run.png",
+               "summary.json", "model.sparse.safetensors"):
+    assert (tmp_path / "student" / name).is_file(), name
+  assert list((tmp_path / "student" / "tb").iterdir())
+  # The exported student has 75% zeros in its encoder matrices; eval mode scores it.
+  from jaxprune import masks, models
+  _, params, _ = models.from_pretrained(tmp_path / "student" / "hf")
+  assert masks.sparsity_report(params, masks.BERT_ENCODER_MATRICES).sparsity == pytest.approx(0.75)
+  scores = trainer.evaluate_checkpoint(config, tmp_path / "student")
+  assert scores == pytest.approx(summary["selected"]["scores"])
+  print(f"tiny prune + eval: {time.time() - t0:.1f} s")
+
+
+def _cli(*args, env=None, timeout=300):
+  return subprocess.run([sys.executable, "-m", "jaxprune.main", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout,
+                        env={**os.environ, **(env or {})})
+
+
+def _final_state(workdir: Path, step: int):
+  state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+  return jax.tree_util.tree_flatten_with_path(state)[0]
+
+
+def test_sigkill_and_resume_is_bitwise_exact(teacher_dir, tmp_path):
+  args = ["--mode=prune", "--config=configs/tiny.py:steps=16,sparsity=0.8",
+          f"--config.teacher={teacher_dir}"]
+  full = _cli(*args, f"--workdir={tmp_path / 'full'}")
+  assert full.returncode == 0, full.stderr[-2000:]
+
+  killed = tmp_path / "killed"
+  kill_after = random.Random(os.getpid()).randint(3, 13)
+  proc = subprocess.Popen([sys.executable, "-m", "jaxprune.main", *args,
+                           f"--workdir={killed}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  metrics = killed / "metrics.jsonl"
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.is_file() and any(json.loads(l)["step"] >= kill_after and
+                                 json.loads(l)["kind"] == "train"
+                                 for l in metrics.read_text().splitlines() if l.strip()):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  done = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "train"]
+  assert max(r["step"] for r in done) < 16, "the run finished before it could be killed"
+  resumed = _cli(*args, f"--workdir={killed}")
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+  a, b = _final_state(tmp_path / "full", 16), _final_state(killed, 16)
+  assert [p for p, _ in a] == [p for p, _ in b]
+  names = [jax.tree_util.keystr(p) for p, _ in a]
+  assert any("masks" in n for n in names), names[:10]
+  for (path, x), (_, y) in zip(a, b):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(teacher_dir, tmp_path):
+  config = tiny_config()
+  config.teacher = str(teacher_dir)
+  config.train.lr = 1e30  # the params overflow within a few steps
+  config.train.optimizer = "bert_adam"
+  with pytest.raises(trainer.TrainingError, match="loss became"):
+    trainer.train_and_evaluate(config, tmp_path / "nan", "prune", progress=False)
+  rows = [json.loads(l) for l in (tmp_path / "nan" / "metrics.jsonl").open()]
+  bad_step = max(r["step"] for r in rows if r["kind"] == "train") + 1
+  steps = checkpoint.Checkpointer(tmp_path / "nan" / "checkpoints").steps()
+  assert all(s < bad_step for s in steps)
+
+
+def test_corrupted_latest_checkpoint_falls_back(tmp_path, caplog):
+  ckpt = checkpoint.Checkpointer(tmp_path, keep=3, async_save=False)
+  state = {"w": np.arange(6.0).reshape(2, 3), "m": np.ones((2, 3), bool)}
+  for step in (1, 2):
+    ckpt.save(step, jax.tree.map(lambda x: x * step, state), {"data": {"epoch": step}})
+  ckpt.wait()
+  for f in (tmp_path / "2" / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"garbage")
+  with caplog.at_level(logging.WARNING):
+    restored = checkpoint.Checkpointer(tmp_path).restore_latest(checkpoint.abstract(state))
+  assert restored is not None
+  got, meta = restored
+  assert meta == {"data": {"epoch": 1}}
+  np.testing.assert_array_equal(got["w"], state["w"])
+  assert "unreadable" in caplog.text
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.prune.sparsity=1.0", "prune.sparsity=1.0: expected a value in [0, 1)"),
+    ("--config.task=NOPE", "unknown GLUE task 'NOPE'"),
+    ("--config.teacher=/nonexistent/teacher", "teacher /nonexistent/teacher: no such directory"),
+])
+def test_cli_errors_are_one_line_exit_2(override, message, tmp_path):
+  result = _cli("--mode=prune", "--config=configs/tiny.py", f"--workdir={tmp_path}",
+                "--config.teacher=/nonexistent/teacher", override)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  lines = [l for l in result.stderr.splitlines() if l.startswith("jaxprune: error:")]
+  assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_cli_batch_not_divisible_by_data_parallel(teacher_dir, tmp_path):
+  result = _cli("--mode=prune", "--config=configs/tiny.py", f"--workdir={tmp_path}",
+                f"--config.teacher={teacher_dir}", "--config.train.batch_size=6",
+                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert "batch_size=6 is not divisible by the 4 data-parallel devices" in result.stderr
+
+
+def test_teacher_vocab_mismatch(teacher_dir, tmp_path):
+  from jaxprune import models
+  model, params, cfg = models.from_config("minilm-l6", num_labels=2, vocab_size=100,
+                                          num_hidden_layers=2, hidden_size=32,
+                                          num_attention_heads=4, intermediate_size=64)
+  models.export_hf(params, cfg, tmp_path / "other-vocab")
+  config = tiny_config()
+  config.teacher = str(tmp_path / "other-vocab")
+  with pytest.raises(config_lib.ConfigError, match="teacher vocab_size 100 != student"):
+    trainer.train_and_evaluate(config, tmp_path / "run", "prune", progress=False)
+
+
+def test_teacher_label_count_mismatch(teacher_dir, tmp_path):
+  from jaxprune import models
+  config = tiny_config()
+  config.teacher = str(teacher_dir)  # an MRPC teacher: 2 outputs
+  config.task = "STS-B"  # regression: 1 output
+  with pytest.raises(models.CheckpointError, match=r"classifier/kernel \(32, 2\) \(expected \(32, 1\)\)"):
+    trainer.train_and_evaluate(config, tmp_path / "run", "prune", progress=False)
+
+
+def test_missing_glue_dir_says_how_to_get_it(tmp_path):
+  from jaxprune import cli
+  from jaxprune.data import DataError
+  config = tiny_config()
+  config.glue_dir = str(tmp_path / "nowhere")
+  with pytest.raises(DataError, match="GLUE download script"):
+    cli.demo(config, tmp_path / "demo")
+
+
+def test_parse_arg_rejects_unknown_keys():
+  with pytest.raises(config_lib.ConfigError, match="config argument 'stpes'"):
+    tiny_config("stpes=3")
+  assert tiny_config("steps=4,sparsity=0.25").prune.sparsity == 0.25
+
+
+@pytest.mark.parametrize("name, arg", [("tiny.py", None), ("demo.py", None),
+                                       ("minilm_glue.py", "task=rte,sparsity=0.95"),
+                                       ("reference.py", "task=qnli")])
+def test_every_config_loads_and_validates(name, arg):
+  spec = importlib.util.spec_from_file_location(name[:-3], ROOT / "configs" / name)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  assert module.__doc__ and "jaxprune --mode=" in module.__doc__
+  config.teacher = "some-teacher"
+  config_lib.validate(config, "prune")
+
+
+def test_reference_config_is_the_reference():
+  spec = importlib.util.spec_from_file_location("reference", ROOT / "configs" / "reference.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("task=mrpc")
+  assert (c.train.optimizer, c.train.lr, c.train.batch_size, c.train.epochs) == (
+      "bert_adam", 3e-5, 32, 12.0)
+  assert c.prune.schedule == "reference" and c.prune.ramp_fraction == 1.0
+  assert c.prune.keep_ties and c.distill.teacher_dropout and c.distill.classifier_relu
+  assert c.trim_padding_to == 0 and c.max_seq_len == 128 and c.seed == 42
