@@ -129,17 +129,19 @@ def prune_by_magnitude(sparsity: schedules.ScheduleLike,
       new = lambda ps, us: [(p + u).astype(p.dtype) for p, u in zip(ps, us)]
       if pattern is None:
         # The event branch returns only a threshold and a tie cut per leaf; the masks
-        # are then selected elementwise, fused with the update rewrite below.
-        def thresholds(operands):
-          keys = masks_lib.unstructured_keys(new(*operands[:2]), operands[2])
+        # are then selected elementwise, fused with the update rewrite below. The keys
+        # (|p + u| of surviving weights) are computed once, outside the cond: computed
+        # twice, XLA may round p + u differently in the two places and keep k - 1.
+        keys = masks_lib.unstructured_keys(new(ps, us), masks)
+
+        def thresholds(keys):
           return masks_lib.unit_thresholds(keys, ks, scope, ties)
 
-        def nothing(operands):  # Placeholders; the masks are kept as they are.
+        def nothing(keys):  # Placeholders; the masks are kept as they are.
           return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
-                              jax.eval_shape(thresholds, operands))
+                              jax.eval_shape(thresholds, keys))
 
-        thrs, cuts = lax.cond(is_event, thresholds, nothing, (ps, us, masks))
-        keys = masks_lib.unstructured_keys(new(ps, us), masks)
+        thrs, cuts = lax.cond(is_event, thresholds, nothing, keys)
         masks = [jnp.where(is_event, masks_lib.select_units(k, t, c) & m, m)
                  for k, t, c, m in zip(keys, thrs, cuts, masks)]
       else:
