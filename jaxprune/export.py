@@ -115,20 +115,8 @@ class PatternError(ValueError):
 # ----------------------------------------------------------------------------- helpers
 
 
-def _flat(tree: Any) -> dict[str, Any]:
-  return {masks_lib.path_str(p): leaf
-          for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _unflat(flat: Mapping[str, Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for path, value in flat.items():
-    *parents, leaf = path.split("/")
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
+_flat = convert.flatten
+_unflat = convert.unflatten
 
 
 def _np(x: Any) -> np.ndarray:
@@ -746,24 +734,9 @@ def export_model(params: Any, masks: Any | None, config: bert.BertConfig,
                                    value_dtype or "float16")
   if format != "sparse":
     raise ValueError(f"export.py: format {format!r}; expected one of {FORMATS}")
-  import shutil
-  tmp = out.with_name(out.name + ".tmp-export")
-  if tmp.exists():
-    shutil.rmtree(tmp)
-  tmp.mkdir(parents=True)
-  try:
+  with convert.atomic_directory(out) as tmp:
     export_sparse(params, masks, tmp / ARTIFACT_NAME, value_dtype or "float32", config=config)
     (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
     if tokenizer_from is not None:
-      from jaxprune.models import hub
-      src = hub.resolve(tokenizer_from)
-      for name in convert._TOKENIZER_FILES:  # pylint: disable=protected-access
-        if (src / name).is_file():
-          shutil.copy2(src / name, tmp / name)
-    if out.exists():
-      shutil.rmtree(out)
-    tmp.rename(out)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp)
+      convert.copy_tokenizer(tokenizer_from, tmp)
   return out

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from jaxprune.models import bert
 from jaxprune.models import hub
 
 __all__ = ["CheckpointError", "from_pretrained", "from_config", "export_hf", "hf_to_flax",
-           "flax_to_hf"]
+           "flax_to_hf", "flatten", "unflatten", "atomic_directory", "copy_tokenizer"]
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,16 @@ class CheckpointError(ValueError):
   """A checkpoint that does not match the model (one line listing what is wrong)."""
 
 
-def _flat(tree: Any) -> dict[str, Any]:
+def flatten(tree: Any) -> dict[str, Any]:
+  """A nested params dict as ``{"bert/encoder/layer/0/.../kernel": leaf}``."""
   return {
       "/".join(str(k.key) for k in path): leaf
       for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
   }
 
 
-def _unflat(flat: dict[str, Any]) -> dict[str, Any]:
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+  """The inverse of :func:`flatten`."""
   tree: dict[str, Any] = {}
   for path, value in flat.items():
     *parents, leaf = path.split("/")
@@ -107,7 +110,7 @@ def hf_to_flax(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def flax_to_hf(params: Any) -> dict[str, np.ndarray]:
   """The inverse of :func:`hf_to_flax`: a torch-layout state dict of numpy arrays."""
   out = {}
-  for path, value in _flat(params).items():
+  for path, value in flatten(params).items():
     key, transpose = _hf_key(path)
     value = np.asarray(jax.device_get(value))
     out[key] = np.ascontiguousarray(value.T) if transpose else value
@@ -175,7 +178,7 @@ def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = No
   model = bert.BertForSequenceClassification(config)
 
   loaded = hf_to_flax(_read_safetensors(directory / "model.safetensors"))
-  expected = dict(_flat(nn.unbox(bert.abstract_params(model))))
+  expected = dict(flatten(nn.unbox(bert.abstract_params(model))))
   missing = [k for k in expected if k not in loaded]
   fresh = [k for k in missing if k.startswith(_OPTIONAL_HEADS)]
   missing = [k for k in missing if k not in fresh]
@@ -193,11 +196,11 @@ def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = No
 
   params = {k: np.asarray(loaded[k], dtype=expected[k].dtype) for k in expected if k in loaded}
   if fresh:
-    init = _flat(bert.init_params(model, jax.random.key(seed)))
+    init = flatten(bert.init_params(model, jax.random.key(seed)))
     params.update({k: np.asarray(init[k]) for k in fresh})
     log.warning("%s: freshly initialised (not in the checkpoint): %s", directory,
                 ", ".join(fresh))
-  return model, jax.tree.map(jax.numpy.asarray, _unflat(params)), config
+  return model, jax.tree.map(jax.numpy.asarray, unflatten(params)), config
 
 
 def from_config(name_or_path: str | os.PathLike, num_labels: int | None = None,
@@ -220,6 +223,33 @@ def from_config(name_or_path: str | os.PathLike, num_labels: int | None = None,
   return model, bert.init_params(model, jax.random.key(seed)), config
 
 
+@contextlib.contextmanager
+def atomic_directory(out: str | os.PathLike):
+  """Yields a temporary sibling of ``out`` that replaces ``out`` only if the block
+  succeeds, so a failed export leaves nothing half-written."""
+  out = Path(out)
+  tmp = out.with_name(out.name + ".tmp-export")
+  if tmp.exists():
+    shutil.rmtree(tmp)
+  tmp.mkdir(parents=True)
+  try:
+    yield tmp
+    if out.exists():
+      shutil.rmtree(out)
+    tmp.rename(out)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp)
+
+
+def copy_tokenizer(name_or_path: str | os.PathLike, out_dir: Path) -> None:
+  """Copies a checkpoint's tokenizer files into ``out_dir``."""
+  src = hub.resolve(name_or_path)
+  for name in _TOKENIZER_FILES:
+    if (src / name).is_file():
+      shutil.copy2(src / name, out_dir / name)
+
+
 def export_hf(params: Any, config: bert.BertConfig, out_dir: str | os.PathLike,
               tokenizer_from: str | os.PathLike | None = None) -> Path:
   """Writes params as an HF ``BertForSequenceClassification`` directory.
@@ -236,22 +266,9 @@ def export_hf(params: Any, config: bert.BertConfig, out_dir: str | os.PathLike,
 
   out = Path(out_dir)
   state = flax_to_hf(params)
-  tmp = out.with_name(out.name + ".tmp-export")
-  if tmp.exists():
-    shutil.rmtree(tmp)
-  tmp.mkdir(parents=True)
-  try:
+  with atomic_directory(out) as tmp:
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
     if tokenizer_from is not None:
-      src = hub.resolve(tokenizer_from)
-      for name in _TOKENIZER_FILES:
-        if (src / name).is_file():
-          shutil.copy2(src / name, tmp / name)
-    if out.exists():
-      shutil.rmtree(out)
-    tmp.rename(out)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp)
+      copy_tokenizer(tokenizer_from, tmp)
   return out
