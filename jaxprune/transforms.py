@@ -127,30 +127,23 @@ def prune_by_magnitude(sparsity: schedules.ScheduleLike,
       is_event = steps[e] == count
       ks = jnp.asarray(tables[units])[:, e]
       new = lambda ps, us: [(p + u).astype(p.dtype) for p, u in zip(ps, us)]
-      if pattern is None:
-        # The event branch returns only a threshold and a tie cut per leaf; the masks
-        # are then selected elementwise, fused with the update rewrite below. The keys
-        # (|p + u| of surviving weights) are computed once, outside the cond: computed
-        # twice, XLA may round p + u differently in the two places and keep k - 1.
-        keys = masks_lib.unstructured_keys(new(ps, us), masks)
 
-        def thresholds(keys):
-          return masks_lib.unit_thresholds(keys, ks, scope, ties)
+      def recompute(operands):
+        # Keys (|p + u| of surviving weights), thresholds and masks all come from one
+        # evaluation of p + u inside this branch, so exactly k weights survive (computed
+        # twice, XLA may round p + u differently and keep k - 1); non-event steps only
+        # pass the masks through.
+        ps, us, old = operands
+        if pattern is not None:
+          return masks_lib.compute_masks(new(ps, us), old, ks, pattern=pattern,
+                                         scope=scope, ties=ties)
+        keys = masks_lib.unstructured_keys(new(ps, us), old)
+        thrs, cuts = masks_lib.unit_thresholds(keys, ks, scope, ties)
+        return [masks_lib.select_units(k, t, c) & m
+                for k, t, c, m in zip(keys, thrs, cuts, old)]
 
-        def nothing(keys):  # Placeholders; the masks are kept as they are.
-          return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
-                              jax.eval_shape(thresholds, keys))
-
-        thrs, cuts = lax.cond(is_event, thresholds, nothing, keys)
-        masks = [jnp.where(is_event, masks_lib.select_units(k, t, c) & m, m)
-                 for k, t, c, m in zip(keys, thrs, cuts, masks)]
-      else:
-        def recompute(operands):
-          return masks_lib.compute_masks(new(*operands[:2]), operands[2], ks,
-                                         pattern=pattern, scope=scope, ties=ties)
-
-        masks = lax.cond(is_event, recompute, lambda operands: list(operands[2]),
-                         (ps, us, masks))
+      masks = lax.cond(is_event, recompute, lambda operands: list(operands[2]),
+                       (ps, us, masks))
     updates = [jnp.where(m, u, -p.astype(u.dtype)) for p, u, m in zip(ps, us, masks)]
     return updates, masks
 
