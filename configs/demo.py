@@ -4,10 +4,12 @@
   jaxprune --mode=demo --config=configs/demo.py --workdir=runs/demo --config.prune.sparsity=0.95
 
 1. Fine-tunes the pre-trained MiniLM-L6 (all-MiniLM-L6-v2 weights, a 6-layer 384-wide
-   uncased BERT) on 8,000 SST-2 training sentences (1 epoch, len 64): the teacher.
+   uncased BERT) on 20,000 SST-2 training sentences (1 epoch = 625 steps of 32, length
+   <= 64, batches grouped by length with padding cut to a multiple of 16): the teacher.
 2. Prunes a fresh copy of the pre-trained MiniLM-L6 to 90% sparsity of its 36 encoder
-   matrices (cubic schedule, 100 mask events over the first 70% of 750 steps) while
-   distilling the teacher into it (attention scores + hidden states + soft logits).
+   matrices (cubic schedule, 100 mask events over the first 70% of 1,250 steps, then
+   training at 90%) while distilling the teacher into it (attention scores + hidden
+   states + soft logits), AdamW at 1e-4 with warmup and linear decay.
 3. Evaluates both on the official SST-2 dev set (872 sentences) and prints a table;
    the pruned model is written as a Hugging Face directory (runs/demo/student/hf).
 
