@@ -13,7 +13,10 @@
 3. Evaluates both on the official SST-2 dev set (872 sentences) and prints a table;
    the pruned model is written as a Hugging Face directory (runs/demo/student/hf).
 
-Expected runtime and result: see the README (measured figures).
+Measured (2-core CPU shared with other jobs, 2026-11-24): teacher 86.81% dev accuracy
+(12.8 min), student at exactly 90.0% encoder sparsity 79.59% (19.5 min; 1,061,664 of
+10,616,832 encoder weights left), 32 min in all (about 20 on an idle machine). The
+student is 7.2 points behind: not yet the ~3 points this demo aims for.
 """
 
 from jaxprune.config import demo_config
