@@ -6,8 +6,13 @@ from pathlib import Path
 import pytest
 
 # ../shared/data/glue beside the checkout; JAXPRUNE_GLUE_DIR overrides.
-GLUE_DIR = Path(os.environ.get(
-    "JAXPRUNE_GLUE_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
+GLUE_DIR = Path(os.environ.get("JAXPRUNE_GLUE_DIR")
+                or Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
+# Small self-written GLUE-layout files for the error paths (see fixtures/README.md).
+FIXTURES = Path(__file__).parent / "fixtures" / "glue"
+needs_glue = pytest.mark.skipif(
+    not GLUE_DIR.is_dir(),
+    reason=f"real GLUE files not found at {GLUE_DIR} (set JAXPRUNE_GLUE_DIR)")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 import itertools
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +17,8 @@ from jaxprune.data import num_eval_batches
 from jaxprune.data import read_tsv
 from jaxprune.data import steps_per_epoch
 from jaxprune.data import train_batches
+from conftest import FIXTURES, GLUE_DIR, needs_glue  # noqa: E402
 
-GLUE_DIR = Path(os.environ.get("JAXPRUNE_GLUE_DIR")
-                or Path(__file__).resolve().parents[2] / "shared/data/glue")
-FIXTURES = Path(__file__).parent / "fixtures/glue"
-needs_glue = pytest.mark.skipif(
-    not GLUE_DIR.is_dir(),
-    reason=f"real GLUE files not found at {GLUE_DIR} (set JAXPRUNE_GLUE_DIR)")
 
 
 @pytest.fixture(scope="module")

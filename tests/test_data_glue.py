@@ -1,7 +1,5 @@
 """End to end on the real files: every task present loads, batches and scores."""
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +12,8 @@ from jaxprune.data import num_eval_batches
 from jaxprune.data import read_tsv
 from jaxprune.data import task_names
 from jaxprune.data import train_batches
+from conftest import GLUE_DIR  # noqa: E402
 
-GLUE_DIR = Path(os.environ.get("JAXPRUNE_GLUE_DIR")
-                or Path(__file__).resolve().parents[2] / "shared/data/glue")
 MAX_SEQ_LEN = 64
 BATCH = 32
 

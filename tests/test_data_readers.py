@@ -1,6 +1,5 @@
 """TSV reader: the real GLUE files (official counts, labels, exact rows) and bad input."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -11,13 +10,8 @@ from jaxprune.data import DataError
 from jaxprune.data import read_table
 from jaxprune.data import read_tfds
 from jaxprune.data import read_tsv
+from conftest import FIXTURES, GLUE_DIR, needs_glue  # noqa: E402
 
-GLUE_DIR = Path(os.environ.get("JAXPRUNE_GLUE_DIR")
-                or Path(__file__).resolve().parents[2] / "shared/data/glue")
-FIXTURES = Path(__file__).parent / "fixtures/glue"
-needs_glue = pytest.mark.skipif(
-    not GLUE_DIR.is_dir(),
-    reason=f"real GLUE files not found at {GLUE_DIR} (set JAXPRUNE_GLUE_DIR)")
 
 # Official GLUE sizes (data rows) of the files in ../shared/data/glue.
 OFFICIAL_SIZES = [
