@@ -25,6 +25,7 @@ overhead fell from ~430 ms to ~150 ms in our runs.
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 import resource
 import statistics
@@ -165,28 +166,50 @@ def bench_thresholds(params, reps: int) -> None:
           f"x{[len(g) for g in by_shape.values()]})")
 
 
-def _variants(where) -> dict:
-  # Events on even steps only (constant 90%: each event recomputes every mask), so one
-  # compiled step serves both kinds of steps.
-  prune = jaxprune.prune_by_magnitude(lambda t: 0.9, where, events=range(2, 10**5, 2))
-  return {"adamw": optax.adamw(1e-4), "adamw+prune": optax.chain(optax.adamw(1e-4), prune)}
+def _steps(body) -> dict:
+  """The compared steps, each ``step(params, opt_state, x) -> (params, opt_state)``.
+
+  ``body(opt, p, s, x, **update_kwargs)`` is one step. Events fall on even steps only
+  (constant 90%: each event recomputes every mask). "cond" decides in the graph (one
+  compiled step); "static" passes ``prune_event`` from the host (two compiled steps).
+  """
+  prune = jaxprune.prune_by_magnitude(lambda t: 0.9, jaxprune.BERT_ENCODER_MATRICES,
+                                      events=range(2, 10**5, 2))
+  pruned = optax.chain(optax.adamw(1e-4), prune)
+  jit = lambda opt, **kw: jax.jit(functools.partial(body, opt, **kw), donate_argnums=(0, 1))
+  plain, event = jit(pruned, prune_event=False), jit(pruned, prune_event=True)
+  calls = [0]
+
+  def static(*args):
+    calls[0] += 1  # this call's 1-based update count
+    return (event if calls[0] % 2 == 0 else plain)(*args)
+  return {"adamw": (optax.adamw(1e-4), jit(optax.adamw(1e-4))),
+          "prune cond": (pruned, jit(pruned)), "prune static": (pruned, static)}
 
 
-_TAGS = {"adamw": lambda i: "", "adamw+prune": lambda i: ", non-event" if i % 2 else ", event"}
+_TAGS = {"adamw": lambda i: ""} | {
+    name: (lambda i: ", non-event" if i % 2 else ", event")
+    for name in ("prune cond", "prune static")}
+
+
+def _run(body, params, x, rounds: int) -> dict[str, float]:
+  steps, carries = {}, {}
+  for name, (opt, step) in _steps(body).items():
+    steps[name] = step
+    p = jax.tree.map(jnp.copy, params)
+    carries[name] = jax.block_until_ready(step(p, opt.init(p), x))  # step 1 (no event)
+  return _report(interleaved(steps, carries, (x,), rounds, _TAGS))
+
+
+def _optimizer_step(opt, p, s, g, **kw):
+  u, s = opt.update(g, s, p, **kw)
+  return optax.apply_updates(p, u), s
 
 
 def bench_optimizer(params, reps: int) -> dict[str, float]:
   print("== 2. optimizer update alone (jit, donated), ~110M params")
   grads = jax.tree.map(lambda p: p * 1e-3, params)
-  steps, carries = {}, {}
-  for name, opt in _variants(jaxprune.BERT_ENCODER_MATRICES).items():
-    def step(p, s, g, opt=opt):
-      u, s = opt.update(g, s, p)
-      return optax.apply_updates(p, u), s
-    steps[name] = jax.jit(step, donate_argnums=(0, 1))
-    p = jax.tree.map(jnp.copy, params)
-    carries[name] = jax.block_until_ready(steps[name](p, opt.init(p), grads))  # step 1
-  return _report(interleaved(steps, carries, (grads,), 2 * reps + 2, _TAGS))
+  return _run(_optimizer_step, params, grads, 2 * reps + 2)
 
 
 def _model_loss():
@@ -234,22 +257,17 @@ def bench_train_step(reps: int, use_model: bool) -> dict[str, float]:
   batch = {"ids": jnp.asarray(rng.integers(0, 30000, (8, 128)), jnp.int32),
            "mask": jnp.ones((8, 128), jnp.int32), "types": jnp.zeros((8, 128), jnp.int32),
            "y": jnp.asarray(rng.integers(0, 2, (8,)), jnp.int32)}
-  steps, carries = {}, {}
-  for name, opt in _variants(jaxprune.BERT_ENCODER_MATRICES).items():
-    def step(p, s, b, opt=opt):
-      g = jax.grad(loss)(p, b)
-      u, s = opt.update(g, s, p)
-      return optax.apply_updates(p, u), s
-    steps[name] = jax.jit(step, donate_argnums=(0, 1))
-    p = jax.tree.map(jnp.copy, params)
-    carries[name] = jax.block_until_ready(steps[name](p, opt.init(p), batch))  # step 1
-  del params
-  return _report(interleaved(steps, carries, (batch,), 2 * reps, _TAGS))
+
+  def step(opt, p, s, b, **kw):
+    return _optimizer_step(opt, p, s, jax.grad(loss)(p, b), **kw)
+  return _run(step, params, batch, 2 * reps)
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--skip-masks", action="store_true",
+                      help="skip part 1 (mask computation methods)")
   parser.add_argument("--no-model", action="store_true",
                       help="use the synthetic matmul stack even if jaxprune.models imports")
   args = parser.parse_args()
@@ -258,22 +276,24 @@ def main() -> None:
   params = bert_base_params()
   n = sum(x.size for x in jax.tree.leaves(params))
   print(f"params: {n / 1e6:.1f}M")
-  bench_thresholds(params, args.reps)
+  if not args.skip_masks:
+    bench_thresholds(params, args.reps)
   opt = bench_optimizer(params, args.reps)
   del params
   train = bench_train_step(args.reps, not args.no_model)
   base = train["adamw"]
   print("== ratios (CPU time; relative to the adamw fine-tune step)")
-  nonevent = opt["adamw+prune, non-event"] - opt["adamw"]
-  event = opt["adamw+prune, event"] - opt["adamw"]
-  print(f"  optimizer-only non-event overhead: {nonevent * 1e3:7.1f} ms = "
-        f"{nonevent / base:6.2%} of a train step")
-  print(f"  optimizer-only event overhead    : {event * 1e3:7.1f} ms = "
-        f"{event / base:6.2f} train steps")
-  print(f"  train step non-event overhead    : "
-        f"{train['adamw+prune, non-event'] / base - 1:6.2%}")
-  print(f"  train step event overhead        : "
-        f"{(train['adamw+prune, event'] - base) / base:6.2f} train steps")
+  for how in ("cond", "static"):
+    nonevent = opt[f"prune {how}, non-event"] - opt["adamw"]
+    event = opt[f"prune {how}, event"] - opt["adamw"]
+    print(f"  [{how:6}] optimizer-only non-event overhead: {nonevent * 1e3:7.1f} ms = "
+          f"{nonevent / base:6.2%} of a train step")
+    print(f"  [{how:6}] optimizer-only event overhead    : {event * 1e3:7.1f} ms = "
+          f"{event / base:6.2f} train steps")
+    print(f"  [{how:6}] train step non-event overhead    : "
+          f"{train[f'prune {how}, non-event'] / base - 1:6.2%}")
+    print(f"  [{how:6}] train step event overhead        : "
+          f"{(train[f'prune {how}, event'] - base) / base:6.2f} train steps")
 
 
 if __name__ == "__main__":

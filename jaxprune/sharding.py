@@ -309,15 +309,15 @@ def _check_process_rows(sharding: NamedSharding, global_shape: tuple[int, ...],
 
 def jit_train_step(train_step: Callable, mesh: Mesh, state_shardings: Any,
                    teacher_shardings: Any = None) -> Callable:
-  """Compiles ``train_step(state, teacher_params, batch)`` for the mesh.
+  """Compiles ``train_step(state, teacher_params, batch, prune_event=None)`` for the mesh.
 
   The state is donated (updated in place) and keeps its shardings; the teacher params
   are read-only (not donated); the batch is split along ``data``; metrics come back
-  replicated.
+  replicated; ``prune_event`` is static and positional (one compiled variant per value).
 
   Example: ``step = jit_train_step(make_train_step(...), mesh, state_sh, teacher_sh)``.
   """
   return jax.jit(train_step,
                  in_shardings=(state_shardings, teacher_shardings, batch_sharding(mesh)),
                  out_shardings=(state_shardings, replicated(mesh)),
-                 donate_argnums=(0,))
+                 donate_argnums=(0,), static_argnums=(3,))

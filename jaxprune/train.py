@@ -101,6 +101,7 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
                     kd_weights: distill.KDWeights = distill.KDWeights(),
                     temperature: float = 1.0, prediction_loss: str = "reference",
                     teacher_dropout: bool = False,
+                    kd_mean_over: str = "all",
                     learning_rate: optax.ScalarOrSchedule | None = None,
                     prune_where: masks_lib.Where = masks_lib.BERT_ENCODER_MATRICES,
                     ) -> Callable[[TrainState, Any, Batch], tuple[TrainState, Metrics]]:
@@ -116,6 +117,8 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
     temperature: softmax temperature of the prediction term.
     prediction_loss: ``"reference"`` or ``"kl"`` (see ``distill.distillation_loss``).
     teacher_dropout: run the teacher with dropout on (the reference's quirk).
+    kd_mean_over: ``"all"`` (the reference: attention and hidden MSEs averaged over
+      every entry, padding included) or ``"tokens"`` (over real tokens only).
     learning_rate: the optimizer's learning rate (a float or a schedule of the step) for
       the ``learning_rate`` metric; if None it is read from an ``inject_hyperparams``
       state inside ``opt_state``.
@@ -123,7 +126,10 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
       prunable in the ``sparsity`` metric (masks of other leaves are all True).
 
   Returns:
-    ``train_step``; ``teacher_params`` is ignored (pass None) in label modes. Metrics
+    ``train_step(state, teacher_params, batch, prune_event=None)``; ``teacher_params``
+    is ignored (pass None) in label modes; ``prune_event`` (a static Python bool, or
+    None to decide in the graph) is forwarded to ``prune_by_magnitude``: see its
+    docstring for why a host-side flag is faster. Metrics
     (float32 scalars): ``loss``, ``grad_norm`` (global norm of the raw gradients),
     ``learning_rate``, ``sparsity`` (fraction of pruned prunable weights, 0 when
     dense) and, in distillation modes, ``attention_loss``, ``hidden_loss``,
@@ -139,6 +145,8 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
   distills, prunes = MODES[mode]
   if distills and teacher is None:
     raise ValueError(f"mode {mode!r} needs a teacher model")
+  if kd_mean_over not in ("all", "tokens"):
+    raise ValueError(f"kd_mean_over {kd_mean_over!r}: expected 'all' or 'tokens'")
   if prediction_loss not in distill.PREDICTION_LOSSES:
     raise ValueError(f"prediction_loss {prediction_loss!r}: expected one of "
                      f"{distill.PREDICTION_LOSSES}")
@@ -157,14 +165,15 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
     if distills:
       total, terms = distill.distillation_loss(
           out, teacher_out, labels=batch["labels"], weight=batch["weight"],
-          weights=kd_weights, temperature=temperature, prediction_loss=prediction_loss)
+          weights=kd_weights, temperature=temperature, prediction_loss=prediction_loss,
+          token_mask=batch["attention_mask"] if kd_mean_over == "tokens" else None)
       return total, {f"{k}_loss": v for k, v in terms.items()}
     if regression:
       return distill.regression_mse(out.logits, batch["labels"], batch["weight"]), {}
     return distill.label_cross_entropy(out.logits, batch["labels"], batch["weight"]), {}
 
-  def train_step(state: TrainState, teacher_params: Any,
-                 batch: Batch) -> tuple[TrainState, Metrics]:
+  def train_step(state: TrainState, teacher_params: Any, batch: Batch,
+                 prune_event: bool | None = None) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     student_rng, teacher_rng = jax.random.split(rng)
     teacher_out = None
@@ -174,7 +183,8 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
           output_hidden_states=need_hidden, output_attention_scores=need_attention))
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, teacher_out, batch, student_rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    hint = {} if prune_event is None else {"prune_event": prune_event}
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, **hint)
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": loss,

@@ -299,7 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                    config.distill.prediction_weight),
       temperature=config.distill.temperature,
       prediction_loss=config.distill.prediction_loss,
-      teacher_dropout=config.distill.teacher_dropout, learning_rate=lr,
+      teacher_dropout=config.distill.teacher_dropout,
+      kd_mean_over=config.distill.mean_over, learning_rate=lr,
       prune_where=where), mesh, state_sh, teacher_sh)
   eval_step = jax.jit(train.make_eval_step(student),
                       in_shardings=(student_sh, sharding.batch_sharding(mesh)),
@@ -353,7 +354,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   for step in range(start + 1, total_steps + 1):
     batch, it_state = next(iterator)
     batch = trim_padding(batch, trim)
-    state, metrics = train_step(state, teacher_params, sharding.global_batch(batch, mesh))
+    # The host knows which steps are mask events: telling the step statically spares the
+    # in-graph lax.cond and the update tree it materialises (see prune_by_magnitude).
+    event = sparsity_schedule.is_event(step) if prunes else None
+    state, metrics = train_step(state, teacher_params, sharding.global_batch(batch, mesh),
+                                event)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not math.isfinite(metrics["loss"]):
       ckpt.close()

@@ -149,6 +149,50 @@ def test_no_recompilation_after_step_1():
   assert np.count_nonzero(params["dense"]["kernel"]) == keep_count(48, 0.9)
 
 
+@pytest.mark.parametrize("opt_name", ["sgd", "adamw", "bert_adam"])
+def test_static_prune_event_matches_the_in_graph_decision(opt_name):
+  # The trainer's fast path: the host passes schedule.is_event(t) as a static argument
+  # (two compiled variants) instead of the lax.cond; same masks at every step, same
+  # params up to the rounding of a fused vs. materialised update.
+  schedule = cubic_sparsity(0.9, 12, events=5)
+  opt = optax.chain(OPTIMIZERS[opt_name](), prune_by_magnitude(schedule, WHERE))
+
+  @functools.partial(jax.jit, static_argnames="prune_event")
+  def step(params, state, grads, prune_event=None):
+    updates, state = opt.update(grads, state, params, prune_event=prune_event)
+    return optax.apply_updates(params, updates), state
+
+  params = make_params()
+  a = b = (params, opt.init(params))
+  for t, grads in enumerate(grad_seq(params, 15), start=1):
+    a = step(*a, grads)
+    b = step(*b, grads, prune_event=schedule.is_event(t))
+    jax.tree.map(np.testing.assert_array_equal, find_masks(a[1]), find_masks(b[1]))
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7),
+                 a[0], b[0])
+  assert step._cache_size() == 3  # None, True, False
+  assert np.count_nonzero(b[0]["dense"]["kernel"]) == keep_count(48, 0.9)
+
+
+def test_static_prune_event_on_the_wrong_step():
+  params = make_params()
+  schedule = cubic_sparsity(0.5, 4, events=2)
+  assert list(schedule.event_steps) == [2, 4]
+  opt = optax.chain(optax.sgd(0.1), prune_by_magnitude(schedule, WHERE))
+  grads = grad_seq(params, 2)
+  state = opt.init(params)
+  _, state1 = opt.update(grads[0], state, params, prune_event=True)  # step 1: no event
+  assert all(bool(m.all()) for m in jax.tree.leaves(find_masks(state1)))
+  _, state2 = opt.update(grads[1], state1, params, prune_event=False)  # step 2: skipped
+  assert all(bool(m.all()) for m in jax.tree.leaves(find_masks(state2)))
+  _, state2 = opt.update(grads[1], state1, params, prune_event=True)
+  kept = keep_count(48, schedule.sparsity(2))
+  assert 0 < kept < 48
+  assert np.count_nonzero(find_masks(state2)["dense"]["kernel"]) == kept
+  with pytest.raises(TypeError, match="prune_event must be None or a Python bool"):
+    opt.update(grads[1], state1, params, prune_event=jnp.array(True))
+
+
 def test_update_without_params_raises():
   opt = prune_by_magnitude(0.5)
   params = make_params()
