@@ -58,6 +58,7 @@ def get_config(arg: str | None = None):
   config.distill.prediction_weight = 1.0
   config.distill.temperature = 1.0
   config.distill.prediction_loss = "reference"
+  config.distill.mean_over = "all"  # padding included in the MSE means
   config.distill.teacher_dropout = True
   config.distill.classifier_relu = True
   return config

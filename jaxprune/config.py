@@ -135,6 +135,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.distill.temperature = 1.0
   # "reference": mean soft cross-entropy over batch and classes; "kl": KL * T^2.
   config.distill.prediction_loss = "reference"
+  # Average the attention and hidden MSEs over "all" entries, padding included (the
+  # reference), or over real "tokens" only (scale independent of padding; use it with
+  # trim_padding_to, which changes the padding from batch to batch).
+  config.distill.mean_over = "all"
   # Keep the teacher's dropout active during distillation (a reference quirk).
   config.distill.teacher_dropout = False
   # ReLU between the pooler and the classifier, teacher and student (a reference quirk).
@@ -217,6 +221,9 @@ def validate(config: ml_collections.ConfigDict, mode: str) -> None:
   if config.distill.prediction_loss not in ("reference", "kl"):
     raise ConfigError(f"distill.prediction_loss={config.distill.prediction_loss!r}: "
                       "expected 'reference' or 'kl'")
+  if config.distill.mean_over not in ("all", "tokens"):
+    raise ConfigError(f"distill.mean_over={config.distill.mean_over!r}: "
+                      "expected 'all' or 'tokens'")
   if config.max_seq_len < 8 or config.max_seq_len > 512:
     raise ConfigError(f"max_seq_len={config.max_seq_len}: expected 8..512")
   for name in ("finetune", "train"):

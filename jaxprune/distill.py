@@ -23,6 +23,13 @@ Every mean is a per-example mean weighted by ``weight`` (1 for a real row, 0 for
 padding), so padded evaluation rows do not count; with all weights 1 (training batches)
 it is the reference's plain mean over everything.
 
+Given a ``token_mask`` (the batch's attention mask), the attention and hidden terms
+instead average over real tokens only: (query, key) pairs of real tokens, and real
+positions. The reference's mean over padding makes a term's scale depend on how much
+padding a batch has (x2-x10 between batches when padding is trimmed per batch); this
+keeps it fixed. It is not the reference's arithmetic, so the ``reference`` preset
+leaves it off.
+
 This module imports only jax and numpy: ``import jaxprune`` stays light.
 
 Example::
@@ -78,18 +85,26 @@ def _weighted_mean(per_example: jax.Array, weight: jax.Array | None) -> jax.Arra
   return jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1e-12)
 
 
-def _per_example_mean(x: jax.Array) -> jax.Array:
-  return jnp.mean(x.reshape(x.shape[0], -1), axis=-1)
+def _per_example_mean(x: jax.Array, where: jax.Array | None = None) -> jax.Array:
+  """Mean of each example's entries; only where ``where`` (broadcast to ``x``) is 1."""
+  if where is None:
+    return jnp.mean(x.reshape(x.shape[0], -1), axis=-1)
+  where = jnp.broadcast_to(where.astype(x.dtype), x.shape).reshape(x.shape[0], -1)
+  total = jnp.sum(x.reshape(x.shape[0], -1) * where, axis=-1)
+  return total / jnp.maximum(jnp.sum(where, axis=-1), 1.0)
 
 
 def attention_mse(student_scores: jax.Array, teacher_scores: jax.Array,
-                  weight: jax.Array | None = None) -> jax.Array:
+                  weight: jax.Array | None = None,
+                  token_mask: jax.Array | None = None) -> jax.Array:
   """MSE of one layer's attention scores, padded entries (<= -100) zeroed in both.
 
   Args:
     student_scores: (batch, heads, len, len) pre-softmax scores of the student.
     teacher_scores: the teacher's scores, same shape.
     weight: optional (batch,) row weights.
+    token_mask: optional (batch, len) 1 for real tokens: average over the (query, key)
+      pairs of real tokens only, instead of over all ``heads * len * len`` entries.
 
   Returns:
     A float32 scalar: ``mean((where(s <= -100, 0, s) - where(t <= -100, 0, t)) ** 2)``.
@@ -101,18 +116,24 @@ def attention_mse(student_scores: jax.Array, teacher_scores: jax.Array,
   t = teacher_scores.astype(jnp.float32)
   s = jnp.where(s <= PADDING_THRESHOLD, 0.0, s)
   t = jnp.where(t <= PADDING_THRESHOLD, 0.0, t)
-  return _weighted_mean(_per_example_mean(jnp.square(s - t)), weight)
+  pairs = None
+  if token_mask is not None:
+    pairs = token_mask[:, None, :, None] * token_mask[:, None, None, :]
+  return _weighted_mean(_per_example_mean(jnp.square(s - t), pairs), weight)
 
 
 def hidden_mse(student_hidden: jax.Array, teacher_hidden: jax.Array,
-               weight: jax.Array | None = None) -> jax.Array:
-  """MSE of one hidden state (batch, len, hidden), padding positions included.
+               weight: jax.Array | None = None,
+               token_mask: jax.Array | None = None) -> jax.Array:
+  """MSE of one hidden state (batch, len, hidden), padding positions included unless a
+  (batch, len) ``token_mask`` says which positions are real.
 
   Example: ``hidden_mse(s.hidden_states[0], t.hidden_states[0])`` (embeddings).
   """
   _check_same_shape("hidden states", student_hidden, teacher_hidden)
   diff = student_hidden.astype(jnp.float32) - teacher_hidden.astype(jnp.float32)
-  return _weighted_mean(_per_example_mean(jnp.square(diff)), weight)
+  positions = None if token_mask is None else token_mask[:, :, None]
+  return _weighted_mean(_per_example_mean(jnp.square(diff), positions), weight)
 
 
 def soft_cross_entropy(student_logits: jax.Array, teacher_logits: jax.Array,
@@ -203,6 +224,7 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
                       weight: jax.Array | None = None,
                       weights: KDWeights = KDWeights(), temperature: float = 1.0,
                       prediction_loss: str = "reference",
+                      token_mask: jax.Array | None = None,
                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The SparseBERT objective: weighted sum of the attention, hidden and prediction terms.
 
@@ -218,6 +240,8 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
     temperature: softmax temperature of the prediction term.
     prediction_loss: ``"reference"`` (``soft_cross_entropy``: mean over batch and
       classes, no ``T**2``) or ``"kl"`` (``kl_divergence``: ``T**2 * KL``).
+    token_mask: optional (batch, len) attention mask: average the attention and hidden
+      terms over real tokens only (None: over everything, as the reference).
 
   Returns:
     ``(total, {"attention": ..., "hidden": ..., "prediction": ...})``, float32 scalars;
@@ -244,7 +268,7 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
     attention_map, hidden_map = layer_map(s_layers, t_layers)
     if weights.attention:
       s_att, t_att = student.attention_scores, teacher.attention_scores
-      terms["attention"] = sum(attention_mse(s_att[i], t_att[j], weight)
+      terms["attention"] = sum(attention_mse(s_att[i], t_att[j], weight, token_mask)
                                for i, j in enumerate(attention_map))
     if weights.hidden:
       s_hid = _required(student, "hidden_states", "student")
@@ -252,7 +276,7 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
       if len(s_hid) != len(hidden_map) or len(t_hid) != hidden_map[-1] + 1:
         raise ValueError(f"hidden_states: got {len(s_hid)} student and {len(t_hid)} "
                          f"teacher states for {s_layers} / {t_layers} layers")
-      terms["hidden"] = sum(hidden_mse(s_hid[i], t_hid[j], weight)
+      terms["hidden"] = sum(hidden_mse(s_hid[i], t_hid[j], weight, token_mask)
                             for i, j in enumerate(hidden_map))
 
   if weights.prediction:

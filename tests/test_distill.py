@@ -42,6 +42,33 @@ def test_hidden_mse_is_the_plain_mean_including_padding():
   np.testing.assert_allclose(distill.hidden_mse(s, t), np.mean((s - t) ** 2), rtol=RTOL)
 
 
+def test_token_mask_averages_over_real_tokens_only():
+  rs = np.random.RandomState(2)
+  lengths = [5, 3, 1]  # real tokens per example, of 5
+  mask = np.array([[1] * n + [0] * (5 - n) for n in lengths], np.int32)
+  s = rs.standard_normal((3, 2, 5, 5)).astype(np.float32)
+  t = rs.standard_normal((3, 2, 5, 5)).astype(np.float32)
+  s[:, :, :, :] -= 10000.0 * (1 - mask[:, None, None, :])  # padded keys, as the model
+  t[:, :, :, :] -= 10000.0 * (1 - mask[:, None, None, :])
+  per_example = [np.mean((s[b, :, :n, :n] - t[b, :, :n, :n]) ** 2)
+                 for b, n in enumerate(lengths)]  # over heads * n * n real pairs
+  np.testing.assert_allclose(distill.attention_mse(s, t, token_mask=mask),
+                             np.mean(per_example), rtol=RTOL)
+  # Garbage at padded queries no longer counts either.
+  s2 = s.copy()
+  s2[1, :, 3:, :3] += 7.0
+  np.testing.assert_allclose(distill.attention_mse(s2, t, token_mask=mask),
+                             np.mean(per_example), rtol=RTOL)
+  h_s, h_t = rs.standard_normal((2, 3, 5, 4)).astype(np.float32)
+  hidden = [np.mean((h_s[b, :n] - h_t[b, :n]) ** 2) for b, n in enumerate(lengths)]
+  np.testing.assert_allclose(distill.hidden_mse(h_s, h_t, token_mask=mask),
+                             np.mean(hidden), rtol=RTOL)
+  # With every token real it is the reference's plain mean.
+  ones = np.ones((3, 5), np.int32)
+  np.testing.assert_allclose(distill.hidden_mse(h_s, h_t, token_mask=ones),
+                             distill.hidden_mse(h_s, h_t), rtol=RTOL)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_soft_cross_entropy_reference_reduction(temperature):
   rs = np.random.RandomState(2)
