@@ -1,8 +1,9 @@
-"""The package surface: a light import, the public names, the docstring examples."""
+"""The package surface: a light import, the public names, docstring and docs examples."""
 
 import doctest
 import importlib
 from pathlib import Path
+import re
 import subprocess
 import sys
 
@@ -35,3 +36,23 @@ def test_docstring_examples(module):
   mod = importlib.import_module(f"jaxprune.{module}")
   result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
   assert result.attempted > 0 and result.failed == 0, result
+
+
+def documented_runs(markdown: str) -> list[tuple[str, str]]:
+  """(code, expected stdout) of every ```python block followed by "prints" and a block."""
+  no_fence = r"(?:(?!```).)*"
+  pattern = rf"```python\n({no_fence})```\n\s*prints{no_fence}```\n({no_fence})```"
+  return re.findall(pattern, markdown, flags=re.S)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/pruning.md"])
+def test_documented_examples_print_what_the_docs_say(doc, tmp_path):
+  runs = documented_runs((ROOT / doc).read_text())
+  assert runs, f"no example with printed output found in {doc}"
+  for code, expected in runs:
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == expected.split(), out.stdout
