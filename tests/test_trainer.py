@@ -148,6 +148,7 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, caplog):
 @pytest.mark.parametrize("override, message", [
     ("--config.prune.sparsity=1.0", "prune.sparsity=1.0: expected a value in [0, 1)"),
     ("--config.task=NOPE", "unknown GLUE task 'NOPE'"),
+    ("--config.distill.mean_over=pairs", "distill.mean_over='pairs': expected 'all' or 'tokens'"),
     ("--config.teacher=/nonexistent/teacher", "teacher /nonexistent/teacher: no such directory"),
 ])
 def test_cli_errors_are_one_line_exit_2(override, message, tmp_path):
