@@ -18,7 +18,7 @@ backend            encoder linears
                    ``torch.sparse.mm(W_csr, x^T)^T + b``; neither wins consistently
                    on CPU in ``bench/export_infer.py``, F.linear needs no transposes)
 ``torch-2:4``      CUDA only: ``to_sparse_semi_structured`` fp16/bf16 weights, after a
-                   host-side 2:4 and shape check (`jaxprune.export.check_nm`)
+                   host-side 2:4 and shape check (`jaxprune.export.patterns`)
 =================  ===================================================================
 
 Artifacts are what `jaxprune.export` writes: an HF directory (``"hf"`` / ``"2:4"``)
@@ -26,7 +26,7 @@ or a sparse artifact (a ``model.sparse.safetensors`` file or a directory holding
 
 Example::
 
-  run = make_runner("/tmp/out", "torch-csr")
+  run = make_runner("out", "torch-csr")
   logits = run(input_ids, attention_mask, token_type_ids)   # numpy (batch, labels)
 """
 
@@ -81,8 +81,9 @@ def load(path: str | os.PathLike
          ) -> tuple[bert.BertForSequenceClassification, dict[str, Any], bert.BertConfig]:
   """``(model, params, config)`` from an HF export directory or a sparse artifact.
 
-  Example:
-    >>> model, params, config = load("/tmp/out")  # doctest: +SKIP
+  Example::
+
+    model, params, config = load("out")
   """
   path = Path(path)
   if _is_sparse_artifact(path):
@@ -117,12 +118,13 @@ def sparsify(params: Any, fmt: str = "bcsr",
   Returns:
     A params tree with sparse leaves in place of those kernels.
 
-  Example:
-    >>> sp = sparsify(params)                                      # doctest: +SKIP
-    >>> apply_sparse(model, sp, ids).logits                        # doctest: +SKIP
+  Example::
+
+    sp = sparsify(params)
+    logits = apply_sparse(model, sp, ids).logits
   """
   if fmt not in _SPARSE_FORMATS:
-    raise ValueError(f"infer.py: sparse format {fmt!r}; expected one of {sorted(_SPARSE_FORMATS)}")
+    raise ValueError(f"sparse format {fmt!r}; expected one of {sorted(_SPARSE_FORMATS)}")
   flags = _encoder_flags(params, where)
 
   def convert_leaf(path, leaf):
@@ -130,7 +132,7 @@ def sparsify(params: Any, fmt: str = "bcsr",
     if not flags[name]:
       return leaf
     if np.ndim(leaf) != 2:
-      raise ValueError(f"infer.py: {name} is selected but is not a 2-D (in, out) kernel")
+      raise ValueError(f"{name} is selected but is not a 2-D (in, out) kernel")
     w = np.ascontiguousarray(np.asarray(jax.device_get(leaf)).T)
     rows, cols = np.nonzero(w)
     if fmt == "bcoo":
@@ -186,8 +188,9 @@ def apply_sparse(model: nn.Module, params: Any, *args: Any, **kwargs: Any) -> An
   Sparse kernels (from `sparsify`) are multiplied with `sparse_matmul`; the rest of the
   model is `jaxprune.models.bert` unchanged (a method interceptor on ``nn.Dense``).
 
-  Example:
-    >>> out = jax.jit(functools.partial(apply_sparse, model))(sparsify(params), ids)  # doctest: +SKIP
+  Example::
+
+    out = jax.jit(functools.partial(apply_sparse, model))(sparsify(params), ids)
   """
   with nn.intercept_methods(_sparse_dense_interceptor):
     return model.apply({"params": params}, *args, **kwargs)
@@ -217,7 +220,7 @@ def to_torch(params: Any, config: bert.BertConfig) -> Any:
   missing, unexpected = model.load_state_dict(state, strict=False)
   missing = [k for k in missing if not k.endswith("position_ids")]
   if missing or unexpected:
-    raise ValueError(f"infer.py: params do not fit transformers' BERT (missing {missing[:4]}, "
+    raise ValueError(f"params do not fit transformers' BERT (missing {missing[:4]}, "
                      f"unexpected {unexpected[:4]})")
   return _relu_head(model, config.classifier_relu).eval()
 
@@ -249,18 +252,39 @@ def load_torch(path: str | os.PathLike, dtype: Any = None) -> Any:
   return model.to(dtype or torch.float32)
 
 
+def _flax_path(torch_key: str) -> tuple[str, bool]:
+  """(Flax path, transpose?) of a transformers parameter key.
+
+  The ReLU head of `_relu_head` (``classifier.1.*``) is the Flax ``classifier``.
+  """
+  key = re.sub(r"^classifier\.1\.", "classifier.", torch_key)
+  return convert._flax_path(key)  # pylint: disable=protected-access
+
+
+def _flax_params_spec(model: Any) -> dict[str, Any]:
+  """The Flax params tree of a transformers BERT, as ``jax.ShapeDtypeStruct`` leaves."""
+  flat = {}
+  for key, p in model.named_parameters():
+    path, transpose = _flax_path(key)
+    shape = tuple(p.shape)[::-1] if transpose else tuple(p.shape)
+    flat[path] = jax.ShapeDtypeStruct(shape, jnp.dtype(str(p.dtype).removeprefix("torch.")))
+  return convert.unflatten(flat)
+
+
 def _encoder_linears(model: Any, where: masks_lib.Where) -> list[tuple[str, Any]]:
-  """(name, nn.Linear) of a transformers BERT whose Flax kernel path matches ``where``."""
+  """(name, nn.Linear) of a transformers BERT whose Flax kernel ``where`` selects.
+
+  ``where`` is anything `jaxprune.masks.prunable_tree` takes, resolved on the Flax params
+  tree the model corresponds to (shapes and dtypes only, see `_flax_params_spec`):
+  ``None`` selects every Linear, regexes are searched in Flax paths such as
+  ``bert/encoder/layer/0/attention/self/query/kernel``, a callable gets that tree, and a
+  bool tree is shaped like it.
+  """
   torch = _torch()
-  patterns = [re.compile(p) for p in
-              ([where] if isinstance(where, (str, re.Pattern)) else where)]
-  out = []
-  for name, module in model.named_modules():
-    if isinstance(module, torch.nn.Linear):
-      flax_path = name.replace(".", "/") + "/kernel"
-      if any(p.search(flax_path) for p in patterns):
-        out.append((name, module))
-  return out
+  flags = _encoder_flags(_flax_params_spec(model), where)
+  return [(name, module) for name, module in model.named_modules()
+          if isinstance(module, torch.nn.Linear)
+          and flags.get(_flax_path(f"{name}.weight")[0], False)]
 
 
 def _set_module(model: Any, name: str, module: Any) -> None:
@@ -278,7 +302,7 @@ def _sparse_linear_class():
     def __init__(self, linear: Any, method: str = "linear"):
       super().__init__()
       if method not in ("mm", "linear"):
-        raise ValueError(f"infer.py: SparseLinear method {method!r}; expected 'mm' or 'linear'")
+        raise ValueError(f"SparseLinear method {method!r}; expected 'mm' or 'linear'")
       self.method = method
       self.in_features, self.out_features = linear.in_features, linear.out_features
       with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta"
@@ -313,20 +337,25 @@ def sparse_linear(linear: Any, method: str = "linear") -> Any:
   2.13, ``F.linear`` with a CSR weight fails under ``torch.inference_mode()``.
 
   Example:
-    >>> lin = torch.nn.Linear(8, 4); lin.weight.data[:, ::2] = 0   # doctest: +SKIP
-    >>> sparse_linear(lin)(torch.ones(2, 8))                        # doctest: +SKIP
+    >>> import torch
+    >>> lin = torch.nn.Linear(8, 4); lin.weight.data[:, ::2] = 0
+    >>> x = torch.ones(2, 8)
+    >>> with torch.no_grad():
+    ...   torch.allclose(sparse_linear(lin)(x), lin(x))
+    True
   """
   return _sparse_linear_class()(linear, method)
 
 
 def torch_sparse_csr(model: Any, method: str = "linear",
                      where: masks_lib.Where = masks_lib.BERT_ENCODER_MATRICES) -> Any:
-  """Replaces the selected ``nn.Linear`` of a transformers BERT by `sparse_linear` modules (in place).
+  """Replaces the selected ``nn.Linear`` of a transformers BERT by `sparse_linear` (in place).
 
   Returns the model. Sparse CSR matmul needs float32 on CPU (float16 on CUDA works).
 
-  Example:
-    >>> tmodel = torch_sparse_csr(load_torch("/tmp/hf"))            # doctest: +SKIP
+  Example::
+
+    tmodel = torch_sparse_csr(load_torch("hf"))
   """
   for name, linear in _encoder_linears(model, where):
     _set_module(model, name, sparse_linear(linear, method))
@@ -337,34 +366,32 @@ def torch_semi_structured(model: Any, dtype: Any = None,
                           where: masks_lib.Where = masks_lib.BERT_ENCODER_MATRICES) -> Any:
   """Makes the selected linears 2:4 semi-structured sparse on CUDA (in place).
 
-  Every selected weight is checked on the host first (`jaxprune.export.check_nm`: at
-  most 2 nonzeros in each group of 4 inputs; shapes torch's 2:4 kernels accept), so a
-  bad matrix fails with a `jaxprune.export.PatternError` naming it, with or without a
-  GPU. Then the model moves to CUDA in ``dtype`` (default float16) and each weight
-  becomes ``to_sparse_semi_structured(weight)``.
+  Every selected weight is checked on the host first
+  (`jaxprune.export.check_semi_structured`: at most 2 nonzeros in each group of 4
+  inputs; shapes torch's 2:4 kernels accept), so a bad matrix fails with a
+  `jaxprune.export.PatternError` naming it, with or without a GPU. Then the model moves
+  to CUDA in ``dtype`` (default float16) and each weight becomes
+  ``to_sparse_semi_structured(weight)``.
 
   Raises:
     PatternError: a weight that is not 2:4 or has an unsupported shape.
     RuntimeError: no CUDA device.
 
-  Example:
-    >>> tmodel = torch_semi_structured(load_torch("/tmp/out-2to4"))  # doctest: +SKIP
+  Example (CUDA only)::
+
+    tmodel = torch_semi_structured(load_torch("out-2to4"))
   """
   torch = _torch()
   dtype = dtype or torch.float16
   if dtype not in (torch.float16, torch.bfloat16):
-    raise ValueError(f"infer.py: 2:4 dtype {dtype}; expected torch.float16 or torch.bfloat16")
+    raise ValueError(f"2:4 dtype {dtype}; expected torch.float16 or torch.bfloat16")
   linears = _encoder_linears(model, where)
   if not linears:
-    raise export.PatternError("infer.py: no encoder linear selected for 2:4")
+    raise export.PatternError("no encoder linear selected for 2:4")
   for name, linear in linears:
-    export.check_nm(linear.weight, f"{name}.weight")
-    if not export.semi_structured_shape_ok(tuple(linear.weight.shape)):
-      raise export.PatternError(f"{name}.weight: shape {list(linear.weight.shape)}; torch "
-                                "2:4 kernels need rows % 32 == 0 and cols % 64 == 0")
+    export.check_semi_structured(linear.weight, f"{name}.weight")
   if not torch.cuda.is_available():
-    raise RuntimeError("infer.py: the 2:4 path needs a CUDA GPU (torch.cuda.is_available() "
-                       "is False)")
+    raise RuntimeError("the 2:4 path needs a CUDA GPU (torch.cuda.is_available() is False)")
   from torch.sparse import to_sparse_semi_structured  # pylint: disable=import-outside-toplevel
   model = model.to(device="cuda", dtype=dtype)
   for _, linear in linears:
@@ -428,14 +455,15 @@ def make_runner(source: str | os.PathLike | tuple[Any, bert.BertConfig], backend
   Returns:
     The runner; it returns float32 numpy logits ``(batch, num_labels)``.
 
-  Example:
-    >>> run = make_runner("/tmp/out", "jax-bcsr")                     # doctest: +SKIP
-    >>> run(ids, mask, types)                                         # doctest: +SKIP
+  Example::
+
+    run = make_runner("out", "jax-bcsr")
+    logits = run(ids, mask, types)
   """
   if backend not in BACKENDS:
-    raise ValueError(f"infer.py: backend {backend!r}; expected one of {BACKENDS}")
+    raise ValueError(f"backend {backend!r}; expected one of {BACKENDS}")
   if dtype not in ("float32", "float16"):
-    raise ValueError(f"infer.py: dtype {dtype!r}; expected 'float32' or 'float16'")
+    raise ValueError(f"dtype {dtype!r}; expected 'float32' or 'float16'")
   if isinstance(source, tuple):
     params, config = source
   else:
@@ -449,8 +477,8 @@ def make_runner(source: str | os.PathLike | tuple[Any, bert.BertConfig], backend
     return _torch_runner(torch_semi_structured(tmodel))
   if dtype == "float16":
     if backend == "torch-csr" and not torch.cuda.is_available():
-      raise ValueError("infer.py: torch-csr in float16 needs CUDA (MKL sparse CSR is "
-                       "float32 only); expected dtype='float32' on CPU")
+      raise ValueError("torch-csr in float16 needs CUDA (MKL sparse CSR is float32 only); "
+                       "expected dtype='float32' on CPU")
     tmodel = tmodel.to(device="cuda" if torch.cuda.is_available() else "cpu",
                        dtype=torch.float16)
   if backend == "torch-csr":

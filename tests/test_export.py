@@ -1,7 +1,9 @@
 """Artifacts: exact round trips, headers, size report, formats and one-line errors."""
 
 import json
+import re
 import shutil
+import textwrap
 
 from hypothesis import given, settings, strategies as st
 import jax
@@ -66,6 +68,12 @@ def _assert_bitwise(a_tree, b_tree):
     a, b = np.asarray(a), np.asarray(b)
     assert a.dtype == b.dtype and a.shape == b.shape
     np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def _example(obj) -> str:
+  """The code of the ``Example::`` block in ``obj``'s docstring."""
+  return textwrap.dedent(re.search(r"Example[^\n]*::\n\n(.*?)(?:\n\n|$)", obj.__doc__,
+                                   re.S).group(1))
 
 
 def _rewrite(path, header_fn=None, tensors_fn=None):
@@ -334,6 +342,9 @@ def test_check_nm():
     export.check_nm(np.zeros((2, 6)), "w")
   assert export.semi_structured_shape_ok((768, 3072))
   assert not export.semi_structured_shape_ok((32, 32))
+  export.check_semi_structured(np.tile([0.0, 1.0, 0.0, 2.0], (32, 16)), "w")
+  with pytest.raises(export.PatternError, match=r"w: shape \[32, 32\]; torch 2:4 kernels"):
+    export.check_semi_structured(np.tile([0.0, 1.0, 0.0, 2.0], (32, 8)), "w")
 
 
 def test_export_model_formats(tiny, tmp_path):
@@ -400,6 +411,49 @@ def test_masks_none_uses_exact_zeros(tiny, tmp_path):
 
 
 # ------------------------------------------------------------------------------ docs
+
+
+def test_docstring_examples_run(tiny, tmp_path, monkeypatch):
+  # The Example:: blocks of the artifact functions, in order, on the tiny model.
+  transformers = pytest.importorskip("transformers")
+  torch = pytest.importorskip("torch")
+  params, config = tiny
+  masks = _masks(params, 0.9)
+  monkeypatch.chdir(tmp_path)
+  ns = {**vars(export), "params": params, "masks": masks, "config": config,
+        "model": bert.BertForSequenceClassification(config), "ids": np.ones((2, 8), np.int32),
+        "tmodel": transformers.BertForSequenceClassification(
+            transformers.BertConfig(**config.to_hf_dict())),
+        "torch": torch, "transformers": transformers}
+
+  def run(fn):
+    exec(_example(fn), ns)  # pylint: disable=exec-used
+
+  run(export.export_sparse)
+  assert 0 < ns["ratio"] < 0.1
+  run(export.read_header)
+  assert ns["info"] == {"shape": [64, 2], "dtype": "float32", "encoding": "dense",
+                        "value_dtype": "float32", "stored_bytes": 512}
+  run(export.load_sparse)
+  assert ns["logits"].shape == (2, 2)
+  run(export.load_sparse_state_dict)
+  query = params["bert"]["encoder"]["layer"]["0"]["attention"]["self"]["query"]["kernel"]
+  keep = masks["bert"]["encoder"]["layer"]["0"]["attention"]["self"]["query"]["kernel"]
+  got = ns["tmodel"].bert.encoder.layer[0].attention.self.query.weight.detach().numpy()
+  np.testing.assert_array_equal(got, np.where(keep, query, 0).astype(np.float16).T)
+  run(export.export_hf)
+  assert ns["tmodel"].config.hidden_size == 64
+
+
+def test_export_model_docstring_example(tiny, tmp_path, monkeypatch, minilm_dir):
+  params, config = tiny
+  monkeypatch.chdir(tmp_path)
+  ns = {**vars(export), "params": params, "masks": _masks(params, 0.9), "config": config}
+  exec(_example(export.export_model), ns)  # pylint: disable=exec-used
+  assert (tmp_path / "out" / "vocab.txt").is_file()
+  assert {t.get("value_dtype") for t in export.read_header("out")["tensors"].values()
+          if t["encoding"] != "dense"} == {"float16"}
+  del minilm_dir  # the example's tokenizer_from="minilm-l6"
 
 
 def _doc_decoder():

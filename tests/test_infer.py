@@ -1,6 +1,8 @@
 """Inference paths: every backend gives the dense model's logits; 2:4 checks on the host."""
 
 import functools
+import re
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -155,6 +157,59 @@ def test_load_from_both_artifacts_gives_the_same_params(artifacts):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def _sparse_names(tmodel):
+  return {n for n, m in tmodel.named_modules() if m.__class__.__name__ == "_SparseLinear"}
+
+
+def test_torch_where_takes_what_masks_take(artifacts):
+  # where is resolved on the Flax params (masks.prunable_tree): regexes, None, a callable,
+  # a bool tree. The ReLU head's classifier.1 is the Flax classifier/kernel.
+  params, _, config = _tiny(0.9)
+  layers = range(config.num_hidden_layers)
+  ffn_in = {f"bert.encoder.layer.{i}.intermediate.dense" for i in layers}
+  linears = {n for n, m in infer.load_torch(artifacts["hf"]).named_modules()
+             if isinstance(m, torch.nn.Linear)}
+  cases = [
+      (r"intermediate/dense/kernel$", ffn_in),
+      (None, linears),
+      (lambda p: masks_lib.select(p, r"intermediate/dense/kernel$"), ffn_in),
+      (masks_lib.select(params, r"^classifier/kernel$"), {"classifier.1"}),
+  ]
+  for where, expected in cases:
+    tmodel = infer.torch_sparse_csr(infer.load_torch(artifacts["hf"]), where=where)
+    assert _sparse_names(tmodel) == expected, where
+  assert len(linears) == 6 * config.num_hidden_layers + 2  # + pooler and classifier
+  with pytest.raises(export.PatternError, match="no encoder linear selected"):
+    infer.torch_semi_structured(infer.load_torch(artifacts["hf"]), where=r"^nothing$")
+
+
+def _example(obj) -> str:
+  """The code of the ``Example::`` block in ``obj``'s docstring."""
+  return textwrap.dedent(re.search(r"Example[^\n]*::\n\n(.*?)(?:\n\n|$)", obj.__doc__,
+                                   re.S).group(1))
+
+
+def test_docstring_examples_run(artifacts, tmp_path, monkeypatch):
+  # The Example:: blocks read "out" (a sparse artifact) and "hf" (an HF export).
+  (tmp_path / "out").symlink_to(artifacts["sparse"])
+  (tmp_path / "hf").symlink_to(artifacts["hf"])
+  monkeypatch.chdir(tmp_path)
+  params, _, config = _tiny(0.9)
+  ids, mask, types = _inputs(config)
+  ns = {**vars(infer), "ids": ids, "mask": mask, "types": types, "input_ids": ids,
+        "attention_mask": mask, "token_type_ids": types}
+  ref = _dense_logits(params, config, (ids, mask, types))
+  for obj in (infer, infer.make_runner):
+    exec(_example(obj), ns)  # pylint: disable=exec-used
+    assert rel_err(ns["logits"], ref) < 1e-5, obj
+  for obj in (infer.load, infer.sparsify, infer.apply_sparse, infer.torch_sparse_csr):
+    exec(_example(obj), ns)  # pylint: disable=exec-used
+  no_mask = _dense_logits(params, config, (ids, np.ones_like(ids), np.zeros_like(ids)))
+  assert rel_err(ns["logits"], no_mask) < 1e-5
+  assert rel_err(ns["out"].logits, no_mask) < 1e-5
+  assert len(_sparse_names(ns["tmodel"])) == 6 * config.num_hidden_layers
+
+
 def test_runner_argument_errors(artifacts):
   with pytest.raises(ValueError, match="backend 'onnx'"):
     infer.make_runner(artifacts["hf"], "onnx")
@@ -231,6 +286,15 @@ def test_semi_structured_matches_dense_fp16_on_cuda(semi_dir):
   dense = infer.make_runner(semi_dir, "torch-dense", dtype="float16")(*inputs)
   got = infer.make_runner(semi_dir, "torch-2:4")(*inputs)
   assert rel_err(got, dense) < 1e-3
+
+
+@needs_cuda
+def test_semi_structured_docstring_example(semi_dir, tmp_path, monkeypatch):
+  (tmp_path / "out-2to4").symlink_to(semi_dir)
+  monkeypatch.chdir(tmp_path)
+  ns = dict(vars(infer))
+  exec(_example(infer.torch_semi_structured), ns)  # pylint: disable=exec-used
+  assert ns["tmodel"].bert.encoder.layer[0].output.dense.weight.is_cuda
 
 
 @needs_cuda
