@@ -2,7 +2,7 @@
 
 The top-level package is the functional core and imports only jax, numpy and optax:
 masks, sparsity schedules, optax pruning transforms and distillation losses. The Flax
-BERT (``jaxprune.models``), data (``jaxprune.data``) and trainer (``jaxprune.train``)
+BERT (``jaxprune.models``), data (``jaxprune.data``) and trainer (``jaxprune.trainer``)
 are imported explicitly by those who need them.
 """
 

@@ -48,7 +48,7 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str | None
     return json.dumps({"task": config.task, "dev": scores}, indent=2)
   if mode == "augment":
     from jaxprune import data
-    result = data.augment_task(trainer.glue_dir(config), config.task,
+    result = data.augment_task(data.glue_dir(config), config.task,
                                _need(workdir, "workdir"), model=config.model.removeprefix("random:"),
                                seed=config.seed)
     return (f"wrote {result.num_rows} rows from {result.num_examples} examples to "
@@ -65,9 +65,7 @@ def export(workdir: str, export_format: str, out: str | None) -> str:
   from jaxprune import export as export_lib
   from jaxprune import models
 
-  source = Path(workdir)
-  if (source / "hf" / "config.json").is_file():
-    source = source / "hf"
+  source = models.run_model_dir(workdir)
   _, params, model_config = models.from_pretrained(source)
   target = Path(out or Path(workdir) / f"export-{export_format.replace(':', '-')}")
   export_lib.export_model(params, None, model_config, target, format=export_format,
@@ -78,12 +76,11 @@ def export(workdir: str, export_format: str, out: str | None) -> str:
 
 def _check_inputs(config: ml_collections.ConfigDict) -> tuple[Path, Path]:
   """Where the demo's data and model come from, with how-to-get-them errors."""
-  from jaxprune import trainer
-  from jaxprune.data import DataError
+  from jaxprune.data import DataError, glue_dir
   from jaxprune.models import ModelNotFoundError, resolve
 
   try:
-    glue = trainer.glue_dir(config)
+    glue = glue_dir(config)
   except DataError as e:
     raise DataError(f"{e}. Get GLUE with the GLUE download script (download_glue_data.py) "
                     "or use TFDS: --config.data_source=tfds") from None

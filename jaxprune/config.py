@@ -10,19 +10,17 @@ Example::
   config = base_config()
   config.task = "RTE"
   config.prune.sparsity = 0.95
-  validate(config)
+  validate(config, mode="prune")
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from jaxprune.errors import ConfigError
+
 __all__ = ["ConfigError", "base_config", "demo_config", "train_section", "parse_arg",
            "validate"]
-
-
-class ConfigError(ValueError):
-  """A config value out of range or inconsistent with another (one line)."""
 
 
 def train_section(**changes) -> ml_collections.ConfigDict:
@@ -68,8 +66,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.glue_dir = ""
   # Training split: "train", or "train_aug" written by `jaxprune --mode=augment`.
   config.train_split = "train"
-  # Folder holding <TASK>/train_aug.tsv from `jaxprune --mode=augment` ("" = glue_dir).
+  # Folder holding <TASK>/train_aug.tsv from `jaxprune --mode=augment` ("" = glue_dir;
+  # with augment_copies > 0: "" = <workdir>/augmented).
   config.aug_dir = ""
+  # mode=prune trains on a TinyBERT-style augmentation of the training split with this
+  # many draws per text (0: off), written to aug_dir on first use and reused after.
+  config.augment_copies = 0
   # Use a seeded random subset of this many training examples (0: all).
   config.train_subsample = 0
   # Use the first this many dev examples (0: all; only for quick tests).
@@ -135,6 +137,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.distill.temperature = 1.0
   # "reference": mean soft cross-entropy over batch and classes; "kl": KL * T^2.
   config.distill.prediction_loss = "reference"
+  # Weight of the gold-label cross-entropy added to the distillation loss (reference: 0).
+  config.distill.label_weight = 0.0
+  # Fraction of the steps after which the attention and hidden terms are switched off:
+  # TinyBERT's two stages (intermediate layers, then predictions) in one run; 1.0: never.
+  config.distill.intermediate_until = 1.0
   # Average the attention and hidden MSEs over "all" entries, padding included (the
   # reference), or over real "tokens" only (scale independent of padding; use it with
   # trim_padding_to, which changes the padding from batch to batch).
@@ -206,43 +213,57 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict, mode: str) -> None:
-  """Raises ``ConfigError`` (one line) for values that cannot work."""
+  """Raises ``ConfigError`` (one line) for values that cannot work, before any work.
+
+  Builds the run's recipe (``jaxprune.recipe``) for a nominal length, so every name
+  and number that becomes an object (optimizer, schedule, pattern, KD weights) is
+  checked by the code that will use it.
+
+  Example: ``validate(base_config(), mode="finetune")``.
+  """
+  from jaxprune import recipe
   from jaxprune.data import tasks
 
   try:
     tasks.get_task(config.task)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if not 0.0 <= config.prune.sparsity < 1.0:
-    raise ConfigError(f"prune.sparsity={config.prune.sparsity}: expected a value in [0, 1)")
-  if not 0.0 < config.prune.ramp_fraction <= 1.0:
-    raise ConfigError(f"prune.ramp_fraction={config.prune.ramp_fraction}: expected (0, 1]")
-  if config.prune.schedule not in ("cubic", "reference"):
-    raise ConfigError(f"prune.schedule={config.prune.schedule!r}: expected 'cubic' or 'reference'")
-  if config.prune.scope not in ("per_matrix", "global"):
-    raise ConfigError(f"prune.scope={config.prune.scope!r}: expected 'per_matrix' or 'global'")
-  if config.distill.prediction_loss not in ("reference", "kl"):
-    raise ConfigError(f"distill.prediction_loss={config.distill.prediction_loss!r}: "
-                      "expected 'reference' or 'kl'")
-  if config.distill.mean_over not in ("all", "tokens"):
-    raise ConfigError(f"distill.mean_over={config.distill.mean_over!r}: "
-                      "expected 'all' or 'tokens'")
-  if config.max_seq_len < 8 or config.max_seq_len > 512:
+  if not 8 <= config.max_seq_len <= 512:
     raise ConfigError(f"max_seq_len={config.max_seq_len}: expected 8..512")
+  if config.train_subsample < 0 or config.dev_subsample < 0:
+    raise ConfigError(f"train_subsample={config.train_subsample}, dev_subsample="
+                      f"{config.dev_subsample}: expected >= 0")
+  if config.augment_copies < 0:
+    raise ConfigError(f"augment_copies={config.augment_copies}: expected >= 0")
+  if config.eval_batch_size < 1:
+    raise ConfigError(f"eval_batch_size={config.eval_batch_size}: expected >= 1")
+  recipe.one_of("data_source", config.data_source, ("tsv", "tfds"))
+  recipe.one_of("train_split", config.train_split, ("train", "train_aug"))
   for name in ("finetune", "train"):
     t = config[name]
     if t.batch_size < 1:
       raise ConfigError(f"{name}.batch_size={t.batch_size}: expected >= 1")
-    if t.optimizer not in ("adamw", "bert_adam"):
-      raise ConfigError(f"{name}.optimizer={t.optimizer!r}: expected 'adamw' or 'bert_adam'")
-    if not t.lr > 0:
-      raise ConfigError(f"{name}.lr={t.lr}: expected > 0")
-    if t.num_steps <= 0 and not t.epochs > 0:
+    if t.num_steps < 0 or (t.num_steps == 0 and not t.epochs > 0):
       raise ConfigError(f"{name}: epochs={t.epochs} and num_steps={t.num_steps}: "
                         "expected a positive training length")
-  if config.method not in ("distill_prune", "prune_labels", "distill"):
-    raise ConfigError(f"method={config.method!r}: expected 'distill_prune', 'prune_labels' "
-                      "or 'distill'")
+    if not 0.0 <= t.dropout < 1.0:
+      raise ConfigError(f"{name}.dropout={t.dropout}: expected a value in [0, 1)")
+    for every in ("eval_every", "checkpoint_every", "log_every"):
+      if t[every] < 0 or (every != "eval_every" and t[every] == 0):
+        raise ConfigError(f"{name}.{every}={t[every]}: expected >= 1"
+                          + (" (or 0: once per epoch)" if every == "eval_every" else ""))
+  if config.keep_checkpoints < 1:
+    raise ConfigError(f"keep_checkpoints={config.keep_checkpoints}: expected >= 1")
+  recipe.one_of("mode", mode, ("finetune", "prune"))
+  try:
+    recipe.check(config, mode)
+  except ConfigError as e:
+    section = "finetune" if mode == "finetune" else "train"
+    message = str(e)
+    if message.startswith(("optimizer=", "lr=", "warmup_ratio=")):
+      message = f"{section}.{message}"
+    raise ConfigError(message) from None
   if mode == "prune" and config.method != "prune_labels" and not config.teacher:
     raise ConfigError("mode=prune needs a teacher: --config.teacher=<finetune workdir "
                       "or fine-tuned HF checkpoint>")
+

@@ -30,7 +30,7 @@ padding a batch has (x2-x10 between batches when padding is trimmed per batch); 
 keeps it fixed. It is not the reference's arithmetic, so the ``reference`` preset
 leaves it off.
 
-This module imports only jax and numpy: ``import jaxprune`` stays light.
+This module imports only jax: ``import jaxprune`` stays light.
 
 Example::
 
@@ -66,13 +66,24 @@ PREDICTION_LOSSES = ("reference", "kl")
 
 
 class KDWeights(NamedTuple):
-  """Weights of the three distillation terms (a term with weight 0 is not computed).
+  """Weights of the distillation terms (a term whose weight is the number 0 is skipped).
+
+  ``labels`` adds the gold-label cross-entropy of fine-tuning (0 in the reference);
+  it helps a student whose teacher is weak or whose training set is small. A weight may
+  also be a traced scalar (e.g. a schedule evaluated at the step): the term is then
+  always computed.
 
   Example: ``KDWeights(attention=0.0)`` distills hidden states and predictions only.
   """
-  attention: float = 1.0
-  hidden: float = 1.0
-  prediction: float = 1.0
+  attention: Any = 1.0
+  hidden: Any = 1.0
+  prediction: Any = 1.0
+  labels: Any = 0.0
+
+
+def is_active(weight: Any) -> bool:
+  """False only for a weight that is statically zero (the term need not be computed)."""
+  return not (isinstance(weight, (int, float)) and weight == 0)
 
 
 def _weighted_mean(per_example: jax.Array, weight: jax.Array | None) -> jax.Array:
@@ -234,7 +245,8 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
       ``jaxprune.models.BertOutput``. States are only read for terms with weight != 0.
     teacher: the teacher's output, same fields; it may be deeper (see ``layer_map``).
       Gradients are not stopped here: pass teacher outputs computed outside the grad.
-    labels: gold labels, needed for a regression head (one logit), which learns them.
+    labels: gold labels, needed for a regression head (one logit), which learns them,
+      and for a ``weights.labels`` term.
     weight: optional (batch,) row weights (0 = padding row).
     weights: per-term weights.
     temperature: softmax temperature of the prediction term.
@@ -244,8 +256,9 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
       terms over real tokens only (None: over everything, as the reference).
 
   Returns:
-    ``(total, {"attention": ..., "hidden": ..., "prediction": ...})``, float32 scalars;
-    a term with weight 0 is reported as 0.
+    ``(total, {"attention": ..., "hidden": ..., "prediction": ...})``, float32 scalars
+    (plus ``"labels"`` when ``weights.labels`` is not 0); a term with weight 0 is
+    reported as 0.
 
   Example::
 
@@ -257,20 +270,21 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
                      f"{PREDICTION_LOSSES}")
   zero = jnp.zeros((), jnp.float32)
   terms = {"attention": zero, "hidden": zero, "prediction": zero}
+  attention, hidden = is_active(weights.attention), is_active(weights.hidden)
 
-  if weights.attention or weights.hidden:
-    s_layers = len(_required(student, "attention_scores" if weights.attention
+  if attention or hidden:
+    s_layers = len(_required(student, "attention_scores" if attention
                              else "hidden_states", "student"))
-    t_layers = len(_required(teacher, "attention_scores" if weights.attention
+    t_layers = len(_required(teacher, "attention_scores" if attention
                              else "hidden_states", "teacher"))
-    if not weights.attention:  # counted from hidden states: embeddings + layers
+    if not attention:  # counted from hidden states: embeddings + layers
       s_layers, t_layers = s_layers - 1, t_layers - 1
     attention_map, hidden_map = layer_map(s_layers, t_layers)
-    if weights.attention:
+    if attention:
       s_att, t_att = student.attention_scores, teacher.attention_scores
       terms["attention"] = sum(attention_mse(s_att[i], t_att[j], weight, token_mask)
                                for i, j in enumerate(attention_map))
-    if weights.hidden:
+    if hidden:
       s_hid = _required(student, "hidden_states", "student")
       t_hid = _required(teacher, "hidden_states", "teacher")
       if len(s_hid) != len(hidden_map) or len(t_hid) != hidden_map[-1] + 1:
@@ -279,9 +293,11 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
       terms["hidden"] = sum(hidden_mse(s_hid[i], t_hid[j], weight, token_mask)
                             for i, j in enumerate(hidden_map))
 
-  if weights.prediction:
+  if is_active(weights.prediction) or is_active(weights.labels):
     s_logits = _required(student, "logits", "student")
-    if s_logits.shape[-1] == 1:  # regression head: learn the gold score
+    regression = s_logits.shape[-1] == 1
+  if is_active(weights.prediction):
+    if regression:  # regression head: learn the gold score
       if labels is None:
         raise ValueError("a regression student (one logit) needs the gold labels")
       terms["prediction"] = regression_mse(s_logits, labels, weight)
@@ -289,9 +305,14 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
       t_logits = _required(teacher, "logits", "teacher")
       loss_fn = soft_cross_entropy if prediction_loss == "reference" else kl_divergence
       terms["prediction"] = loss_fn(s_logits, t_logits, temperature, weight)
+  if is_active(weights.labels):
+    terms["labels"] = zero  # a regression head learns the gold score in "prediction"
+    if not regression:
+      if labels is None:
+        raise ValueError("KDWeights.labels needs the gold labels")
+      terms["labels"] = label_cross_entropy(s_logits, labels, weight)
 
-  total = (weights.attention * terms["attention"] + weights.hidden * terms["hidden"]
-           + weights.prediction * terms["prediction"])
+  total = sum((w * terms[name] for name, w in weights._asdict().items() if is_active(w)), zero)
   return total, terms
 
 

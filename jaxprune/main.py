@@ -29,26 +29,17 @@ _FORMAT = flags.DEFINE_enum("format", "hf", ["hf", "sparse", "2:4"], "Export for
 _OUT = flags.DEFINE_string("out", None, "Export directory (default <workdir>/export-<format>).")
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-  """Errors a user can fix: one line on stderr, exit code 2, no traceback."""
-  from jaxprune.config import ConfigError
-  from jaxprune.data import DataError
-  from jaxprune.export import ArtifactError, PatternError
-  from jaxprune.models import CheckpointError, ModelNotFoundError
-  return (ConfigError, DataError, CheckpointError, ModelNotFoundError, ArtifactError,
-          PatternError, FileNotFoundError)
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   from jaxprune import cli
+  from jaxprune.errors import UserError
   from jaxprune.trainer import TrainingError
   try:
     summary = cli.run(_MODE.value, _CONFIG.value, _WORKDIR.value, export_format=_FORMAT.value,
                       out=_OUT.value)
-  except _user_errors() as e:
+  except (UserError, FileNotFoundError) as e:  # one line, exit code 2, no traceback
     print(f"jaxprune: error: {e}", file=sys.stderr)
     sys.exit(2)
   except TrainingError as e:

@@ -47,9 +47,10 @@ BERT_ENCODER_MATRICES: tuple[str, ...] = (
     r"(^|/)encoder/layers?[/_]\d+/output/dense/kernel$",
 )
 
-_SCOPES = ("per_matrix", "global")
-_TIES = ("exact", "keep")
-_ROUNDINGS = ("exact", "reference")
+# Mask ranking scopes, tie rules and keep-count roundings (the allowed option values).
+SCOPES = ("per_matrix", "global")
+TIES = ("exact", "keep")
+ROUNDINGS = ("exact", "reference")
 
 
 class NM(NamedTuple):
@@ -232,8 +233,8 @@ def keep_count(units: int, sparsity: float, rounding: str = "exact") -> int:
     >>> keep_count(589824, 0.95)
     29491
   """
-  if rounding not in _ROUNDINGS:
-    raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+  if rounding not in ROUNDINGS:
+    raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
   sparsity = float(sparsity)
   if not 0.0 <= sparsity <= 1.0:
     raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
@@ -250,10 +251,10 @@ def keep_count(units: int, sparsity: float, rounding: str = "exact") -> int:
 def check_options(scope: str = "per_matrix", ties: str = "exact",
                   pattern: Pattern = None) -> None:
   """Raises ValueError/TypeError for an unknown scope, ties mode or pattern."""
-  if scope not in _SCOPES:
-    raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
-  if ties not in _TIES:
-    raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
+  if scope not in SCOPES:
+    raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+  if ties not in TIES:
+    raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
   if pattern is not None and not isinstance(pattern, (NM, Blocks)):
     raise TypeError(f"pattern must be None, NM or Blocks, got {pattern!r}")
 
@@ -283,8 +284,8 @@ def group_units(paths: Sequence[str], shapes: Sequence[tuple[int, ...]], pattern
 
   N:M always has a single group size, ``m`` (every group of ``m`` keeps the same count).
   """
-  if scope not in _SCOPES:
-    raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
+  if scope not in SCOPES:
+    raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
   units = [_units(p, tuple(s), pattern) for p, s in zip(paths, shapes)]
   if isinstance(pattern, NM):
     return [pattern.m]

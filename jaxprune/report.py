@@ -2,8 +2,9 @@
 
 ``MetricWriter`` appends one JSON object per call to ``<workdir>/metrics.jsonl`` and
 mirrors scalars into TensorBoard event files under ``<workdir>/tb`` (when tensorboardX
-is installed). ``plot_run`` draws loss, sparsity and the dev metric over steps into a
-PNG. ``table`` formats the final summary.
+is installed). ``plot_run`` draws the loss and each distillation term (smoothed),
+sparsity and the dev metric over steps into a PNG. ``layer_sparsity`` and
+``sparsity_summary`` describe masks and params; ``table`` formats the final summary.
 
 Example::
 
@@ -17,10 +18,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["MetricWriter", "read_metrics", "plot_run", "table"]
+__all__ = ["MetricWriter", "read_metrics", "plot_run", "smooth", "table", "layer_sparsity",
+           "sparsity_summary", "baseline_warnings"]
+
+# The loss terms a distillation step logs, in plotting order.
+LOSS_TERMS = ("attention_loss", "hidden_loss", "prediction_loss", "labels_loss")
+_LAYER = re.compile(r"encoder/layer/(\d+)/")
 
 
 def _plain(value: Any) -> Any:
@@ -85,9 +92,19 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
   return sorted(rows.values(), key=lambda r: (r["step"], r.get("kind", "")))
 
 
+def smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
+  """Debiased exponential moving average (TensorBoard's smoothing)."""
+  out, avg = [], 0.0
+  for i, v in enumerate(values, start=1):
+    avg = weight * avg + (1 - weight) * v
+    out.append(avg / (1 - weight ** i))
+  return out
+
+
 def plot_run(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
              metric: str | None = None, title: str = "") -> Path | None:
-  """Plots training loss, sparsity and the dev metric over steps; None without matplotlib."""
+  """Plots the training loss with each distillation term (smoothed, so a swamped term
+  shows at a glance), sparsity and the dev metric over steps; None without matplotlib."""
   try:
     import matplotlib
     matplotlib.use("Agg")
@@ -100,9 +117,16 @@ def plot_run(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
   if metric is None and evals:
     metric = next((k for k in evals[-1] if k not in ("step", "kind", "loss")), None)
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-  axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
-  axes[0].set(title="training loss", xlabel="step", yscale="log")
-  axes[1].plot([r["step"] for r in train], [r.get("sparsity", 0.0) for r in train], lw=1.5)
+  steps = [r["step"] for r in train]
+  for name in ("loss", *LOSS_TERMS):
+    values = [r.get(name) for r in train]
+    if train and all(isinstance(v, float) for v in values) and any(values):
+      label = "total" if name == "loss" else name.removesuffix("_loss")
+      axes[0].plot(steps, smooth(values), lw=2 if name == "loss" else 1.2, label=label)
+  axes[0].set(title="training loss (EMA 0.9)", xlabel="step", yscale="log")
+  if train and any(r.get(t) for r in train for t in LOSS_TERMS):
+    axes[0].legend(fontsize=8)
+  axes[1].plot(steps, [r.get("sparsity", 0.0) for r in train], lw=1.5)
   axes[1].set(title="encoder sparsity", xlabel="step", ylim=(0, 1))
   if metric:
     axes[2].plot([r["step"] for r in evals], [r.get(metric) for r in evals], "o-")
@@ -116,6 +140,52 @@ def plot_run(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
   fig.savefig(out, dpi=110)
   plt.close(fig)
   return out
+
+
+def layer_sparsity(opt_state: Any, where: Any) -> dict[str, float]:
+  """Sparsity per encoder layer (``layer_<i>``) and in ``total`` of the pruning masks in
+  an optimizer state (or of a mask tree)."""
+  import jax  # imported when masks are described, so that this module stays light
+
+  from jaxprune import masks as masks_lib
+  from jaxprune import transforms
+
+  masks = jax.device_get(transforms.find_masks(opt_state))
+  rep = masks_lib.sparsity_report(masks, where)
+  sizes: dict[str, list[int]] = {}
+  for path, leaf in rep.leaves.items():
+    m = _LAYER.search(path)
+    s = sizes.setdefault(f"layer_{m[1]}" if m else "other", [0, 0])
+    s[0] += leaf.size
+    s[1] += leaf.nonzero
+  out = {k: 1.0 - nz / size for k, (size, nz) in sorted(sizes.items())}
+  out["total"] = rep.sparsity
+  return out
+
+
+def sparsity_summary(params: Any) -> dict[str, Any]:
+  """Counts of a BERT's params: all and nonzero, and the encoder matrices' sparsity."""
+  from jaxprune import masks as masks_lib
+
+  every = masks_lib.sparsity_report(params)
+  encoder = masks_lib.sparsity_report(params, masks_lib.BERT_ENCODER_MATRICES)
+  return {"params": every.size, "nonzero_params": every.nonzero,
+          "encoder_sparsity": encoder.sparsity, "encoder_nonzero": encoder.nonzero,
+          "encoder_size": encoder.size}
+
+
+def baseline_warnings(scores: dict[str, float],
+                      baseline: dict[str, float] | None) -> list[str]:
+  """A warning when the main (first) metric is within one point of the constant
+  (majority-class) baseline: the model learned little beyond the label prior."""
+  if not baseline:
+    return []
+  name = next(iter(scores))
+  if scores[name] - baseline[name] < 0.01:
+    return [f"dev {name} {100 * scores[name]:.2f} is within one point of the majority/"
+            f"constant baseline ({100 * baseline[name]:.2f}): the model learned little "
+            "beyond the label prior"]
+  return []
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -29,7 +29,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -37,7 +37,9 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jaxprune import masks as masks_lib
 from jaxprune import train
+from jaxprune.errors import ConfigError
 
 __all__ = [
     "AXES",
@@ -46,10 +48,13 @@ __all__ = [
     "create_sharded_state",
     "global_batch",
     "initialize_distributed",
+    "jit_eval_step",
     "jit_train_step",
     "make_mesh",
     "mirror_shardings",
     "param_shardings",
+    "Placement",
+    "place_run",
     "put",
     "replicated",
 ]
@@ -169,15 +174,7 @@ def _divisible(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
 
 
 def _path_parts(path: Sequence[Any]) -> tuple[str, ...]:
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return tuple(parts)
+  return tuple(masks_lib.path_str(path).split("/"))
 
 
 def mirror_shardings(tree: Any, params: Any, shardings: Any, mesh: Mesh) -> Any:
@@ -321,3 +318,61 @@ def jit_train_step(train_step: Callable, mesh: Mesh, state_shardings: Any,
                  in_shardings=(state_shardings, teacher_shardings, batch_sharding(mesh)),
                  out_shardings=(state_shardings, replicated(mesh)),
                  donate_argnums=(0,), static_argnums=(3,))
+
+
+def jit_eval_step(eval_step: Callable, mesh: Mesh, param_shardings: Any) -> Callable:
+  """Compiles ``eval_step(params, batch) -> logits``: batch split along ``data``, logits
+  replicated (every process gets all of them for the metrics).
+
+  Example: ``step = jit_eval_step(make_eval_step(model), mesh, student_sh)``.
+  """
+  return jax.jit(eval_step, in_shardings=(param_shardings, batch_sharding(mesh)),
+                 out_shardings=replicated(mesh))
+
+
+class Placement(NamedTuple):
+  """A run's mesh and its arrays placed on it (see `place_run`)."""
+  mesh: Mesh
+  state: train.TrainState
+  state_shardings: Any
+  param_shardings: Any
+  teacher_params: Any
+  teacher_shardings: Any
+
+
+def place_run(mesh_shape: Sequence[int], student_axes: Any, params: Any,
+              tx: optax.GradientTransformation, rng: jax.Array, *,
+              teacher_axes: Any = None, teacher_params: Any = None,
+              batch_sizes: Mapping[str, int] | None = None) -> Placement:
+  """The mesh, a fresh sharded train state and the teacher's params, in one call.
+
+  Args:
+    mesh_shape: ``(data, model)`` sizes (-1: the remaining devices).
+    student_axes: the student's logical axis names (``models.logical_axes(student)``).
+    params: the student's initial params.
+    tx: the optimizer.
+    rng: the run's key.
+    teacher_axes: the teacher's logical axes (distillation only).
+    teacher_params: the teacher's params, placed read-only.
+    batch_sizes: ``{name: global size}`` that must split evenly along ``data``.
+
+  Raises:
+    ConfigError: a mesh the devices cannot form, or a batch the data axis cannot split.
+
+  Example: ``placed = place_run((-1, 1), logical_axes(model), params, tx, key)``.
+  """
+  try:
+    mesh = make_mesh(mesh_shape)
+  except ValueError as e:
+    raise ConfigError(f"mesh_shape: {e}") from None
+  for name, size in (batch_sizes or {}).items():
+    if size % mesh.shape["data"]:
+      raise ConfigError(f"{name}={size} is not divisible by the {mesh.shape['data']} "
+                        "data-parallel devices")
+  param_sh = param_shardings(student_axes, mesh, params)
+  state, state_sh = create_sharded_state(params, tx, rng, param_sh, mesh)
+  teacher_sh = None
+  if teacher_params is not None:
+    teacher_sh = param_shardings(teacher_axes, mesh, teacher_params)
+    teacher_params = put(teacher_params, teacher_sh)
+  return Placement(mesh, state, state_sh, param_sh, teacher_params, teacher_sh)

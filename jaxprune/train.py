@@ -113,7 +113,9 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
     mode: one of ``MODES``.
     teacher: the teacher model (distillation modes); it may be deeper than the student
       (see ``distill.layer_map``) but must have the same hidden size.
-    kd_weights: weights of the attention, hidden and prediction terms.
+    kd_weights: weights of the attention, hidden, prediction and gold-label terms; each
+      a float or an optax-style schedule of the step (``count -> weight``), e.g. to
+      switch the intermediate terms off for a final prediction-only phase.
     temperature: softmax temperature of the prediction term.
     prediction_loss: ``"reference"`` or ``"kl"`` (see ``distill.distillation_loss``).
     teacher_dropout: run the teacher with dropout on (the reference's quirk).
@@ -133,7 +135,8 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
     (float32 scalars): ``loss``, ``grad_norm`` (global norm of the raw gradients),
     ``learning_rate``, ``sparsity`` (fraction of pruned prunable weights, 0 when
     dense) and, in distillation modes, ``attention_loss``, ``hidden_loss``,
-    ``prediction_loss``.
+    ``prediction_loss`` (each unweighted; 0 when not computed) and ``labels_loss``
+    when its weight is not 0.
 
   Example::
 
@@ -151,21 +154,22 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
     raise ValueError(f"prediction_loss {prediction_loss!r}: expected one of "
                      f"{distill.PREDICTION_LOSSES}")
   regression = student.config.num_labels == 1
-  need_attention = distills and bool(kd_weights.attention)
-  need_hidden = distills and bool(kd_weights.hidden)
+  need_attention = distills and distill.is_active(kd_weights.attention)
+  need_hidden = distills and distill.is_active(kd_weights.hidden)
 
   def forward(model, params, batch, deterministic, rng, **outputs):
     return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
                        batch["token_type_ids"], deterministic=deterministic,
                        rngs={"dropout": rng}, **outputs)
 
-  def loss_fn(params, teacher_out, batch, rng):
+  def loss_fn(params, teacher_out, batch, rng, step):
     out = forward(student, params, batch, False, rng, output_hidden_states=need_hidden,
                   output_attention_scores=need_attention)
     if distills:
       total, terms = distill.distillation_loss(
           out, teacher_out, labels=batch["labels"], weight=batch["weight"],
-          weights=kd_weights, temperature=temperature, prediction_loss=prediction_loss,
+          weights=distill.KDWeights(*(w(step) if callable(w) else w for w in kd_weights)),
+          temperature=temperature, prediction_loss=prediction_loss,
           token_mask=batch["attention_mask"] if kd_mean_over == "tokens" else None)
       return total, {f"{k}_loss": v for k, v in terms.items()}
     if regression:
@@ -182,7 +186,7 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
           teacher, teacher_params, batch, not teacher_dropout, teacher_rng,
           output_hidden_states=need_hidden, output_attention_scores=need_attention))
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, teacher_out, batch, student_rng)
+        state.params, teacher_out, batch, student_rng, state.step)
     hint = {} if prune_event is None else {"prune_event": prune_event}
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **hint)
     params = optax.apply_updates(state.params, updates)

@@ -119,11 +119,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(teacher_dir, tmp_path):
   config.teacher = str(teacher_dir)
   config.train.lr = 1e30  # the params overflow within a few steps
   config.train.optimizer = "bert_adam"
+  config.train.checkpoint_every = 1  # step 1's loss is finite: its checkpoint must survive
   with pytest.raises(trainer.TrainingError, match="loss became"):
     trainer.train_and_evaluate(config, tmp_path / "nan", "prune", progress=False)
   rows = [json.loads(l) for l in (tmp_path / "nan" / "metrics.jsonl").open()]
   bad_step = max(r["step"] for r in rows if r["kind"] == "train") + 1
   steps = checkpoint.Checkpointer(tmp_path / "nan" / "checkpoints").steps()
+  assert steps, "no good checkpoint was written before the NaN"
   assert all(s < bad_step for s in steps)
 
 

@@ -23,8 +23,17 @@ from jaxprune.data.batching import eval_batches
 from jaxprune.data.batching import num_eval_batches
 from jaxprune.data.batching import steps_per_epoch
 from jaxprune.data.batching import train_batches
+from jaxprune.data.loading import augmented_dir
+from jaxprune.data.loading import ensure_augmented
+from jaxprune.data.loading import glue_dir
+from jaxprune.data.loading import load_dev
+from jaxprune.data.loading import load_splits
+from jaxprune.data.loading import load_train
+from jaxprune.data.loading import read_split
+from jaxprune.data.loading import trim_padding
 from jaxprune.data.metrics import MetricAccumulator
 from jaxprune.data.metrics import compute_metrics
+from jaxprune.data.metrics import constant_baseline
 from jaxprune.data.readers import Example
 from jaxprune.data.readers import Examples
 from jaxprune.data.readers import TsvTable
@@ -56,18 +65,27 @@ __all__ = [
     "TsvTable",
     "augment_main",
     "augment_task",
+    "augmented_dir",
     "compute_metrics",
+    "constant_baseline",
     "encode",
+    "ensure_augmented",
     "epoch_permutation",
     "eval_batches",
     "get_task",
+    "glue_dir",
+    "load_dev",
+    "load_splits",
+    "load_train",
     "num_eval_batches",
     "read_table",
     "read_tfds",
+    "read_split",
     "read_tsv",
     "steps_per_epoch",
     "task_names",
     "train_batches",
+    "trim_padding",
     "word_candidates",
 ]
 

@@ -26,7 +26,7 @@ from jaxprune.data.tasks import TaskSpec
 from jaxprune.data.tasks import get_task
 
 __all__ = ["accuracy", "f1", "matthews_corrcoef", "pearson", "spearman",
-           "compute_metrics", "MetricAccumulator"]
+           "compute_metrics", "constant_baseline", "MetricAccumulator"]
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -135,6 +135,25 @@ def compute_metrics(task: str | TaskSpec, outputs: np.ndarray,
   if labels.shape != predictions.shape:
     raise ValueError(f"{spec.name}: {predictions.shape[0]} predictions, labels {labels.shape}")
   return {name: _METRICS[name](predictions, labels) for name in spec.metrics}
+
+
+def constant_baseline(task: str | TaskSpec, train_labels: np.ndarray,
+                      dev_labels: np.ndarray) -> dict[str, float]:
+  """Official metrics of the best constant guess: the training set's majority class
+  (the mean score for regression, whose correlations are then 0).
+
+  A model within a point of this has learned nothing beyond the label prior.
+
+  Example: ``constant_baseline("MRPC", train["labels"], dev["labels"])["accuracy"]``.
+  """
+  spec = get_task(task)
+  train_labels, dev_labels = np.asarray(train_labels), np.asarray(dev_labels)
+  if spec.is_regression:
+    guess = np.full(dev_labels.shape, float(np.mean(train_labels)))
+  else:
+    counts = np.bincount(train_labels.astype(np.int64), minlength=spec.num_labels)
+    guess = np.full(dev_labels.shape, int(np.argmax(counts)), np.int64)
+  return compute_metrics(spec, guess, dev_labels)
 
 
 class MetricAccumulator:

@@ -21,12 +21,7 @@ import dataclasses
 import types
 from collections.abc import Mapping
 
-
-class DataError(ValueError):
-  """Bad GLUE input: a missing file, a malformed row, an unknown task or label.
-
-  The message is one line and names the file (and line) and what was expected.
-  """
+from jaxprune.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,7 @@ from jaxprune.models.convert import from_pretrained
 from jaxprune.models.hub import ModelNotFoundError
 from jaxprune.models.hub import load_tokenizer
 from jaxprune.models.hub import resolve
+from jaxprune.models.hub import run_model_dir
 
 __all__ = [
     "BertConfig",
@@ -35,4 +36,5 @@ __all__ = [
     "load_tokenizer",
     "logical_axes",
     "resolve",
+    "run_model_dir",
 ]

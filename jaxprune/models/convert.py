@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from jaxprune import masks as masks_lib
+from jaxprune.errors import CheckpointError
 from jaxprune.models import bert
 from jaxprune.models import hub
 
@@ -43,16 +45,10 @@ _TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
 _OPTIONAL_HEADS = ("bert/pooler/", "classifier/")
 
 
-class CheckpointError(ValueError):
-  """A checkpoint that does not match the model (one line listing what is wrong)."""
-
-
 def flatten(tree: Any) -> dict[str, Any]:
   """A nested params dict as ``{"bert/encoder/layer/0/.../kernel": leaf}``."""
-  return {
-      "/".join(str(k.key) for k in path): leaf
-      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-  }
+  return {masks_lib.path_str(path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:

@@ -22,11 +22,9 @@ import importlib
 import os
 from pathlib import Path
 
-__all__ = ["ALIASES", "ModelNotFoundError", "resolve", "load_tokenizer"]
+from jaxprune.errors import ModelNotFoundError
 
-
-class ModelNotFoundError(FileNotFoundError):
-  """A model name that is no directory, no known alias and no reachable hub id."""
+__all__ = ["ALIASES", "ModelNotFoundError", "resolve", "run_model_dir", "load_tokenizer"]
 
 
 # alias -> (python package, how to install it)
@@ -86,6 +84,22 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
   if path.exists() or name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
     raise ModelNotFoundError(f"{name}: not a directory (expected a Hugging Face BERT directory)")
   return _hub_dir(name)
+
+
+def run_model_dir(name_or_path: str | os.PathLike) -> str | Path:
+  """A run workdir's selected model (its ``hf/`` export); anything else unchanged.
+
+  Raises ``ModelNotFoundError`` for a workdir whose run has not written ``hf/`` yet.
+
+  Example: ``from_pretrained(run_model_dir("runs/rte-teacher"))``.
+  """
+  path = Path(name_or_path)
+  if (path / "hf" / "config.json").is_file():
+    return path / "hf"
+  if (path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file():
+    raise ModelNotFoundError(f"run workdir {path} has no hf/ export: its run has not "
+                             "finished")
+  return name_or_path
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):
