@@ -25,6 +25,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxprune.errors import CheckpointError
+
 __all__ = ["Checkpointer", "abstract"]
 
 log = logging.getLogger(__name__)
@@ -71,14 +73,24 @@ class Checkpointer:
     """The newest readable checkpoint, or None when there is none.
 
     A checkpoint that fails to restore (truncated or corrupted files) is skipped with a
-    warning and the previous one is tried.
+    warning and the previous one is tried. When there are checkpoints but none can be
+    restored (all corrupted, or saved by a run with another model or optimizer), it
+    raises ``CheckpointError`` rather than start afresh over them.
     """
+    first_error = None
     for step in reversed(self.steps()):
       try:
         return self.restore(step, target)
       except Exception as e:  # orbax raises many types for unreadable files
-        log.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
-                    self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
+        reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        first_error = first_error or (step, reason)
+        log.warning("checkpoint %s/%d is unreadable (%s); trying the previous one",
+                    self.directory, step, reason)
+    if first_error is not None:
+      raise CheckpointError(
+          f"no checkpoint in {self.directory} can be restored into this run (step "
+          f"{first_error[0]}: {first_error[1]}); it was written by another configuration "
+          "or is corrupted: use a new --workdir or remove that folder")
     return None
 
   def wait(self) -> None:

@@ -38,6 +38,8 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str | None
   if config is None:
     config = config_lib.demo_config() if mode == "demo" else config_lib.base_config()
   workdir = workdir or DEFAULT_WORKDIR.get(mode)
+  if workdir and Path(workdir).exists() and not Path(workdir).is_dir():
+    raise config_lib.ConfigError(f"workdir {workdir} is a file (expected a folder)")
   if mode == "demo":
     return demo(config, Path(workdir))
   if mode in ("finetune", "prune"):

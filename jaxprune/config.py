@@ -208,7 +208,18 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     key = key.strip()
     if key not in out:
       raise ConfigError(f"config argument {key!r}: expected one of {sorted(out.keys())}")
-    out[key] = _coerce(value.strip()) if value else True
+    new = _coerce(value.strip()) if value else True
+    old = out[key]
+    number = isinstance(new, (int, float)) and not isinstance(new, bool)
+    if isinstance(old, bool) and not isinstance(new, bool):
+      raise ConfigError(f"config argument {key}={value!r}: expected true or false")
+    if isinstance(old, float) and not number:
+      raise ConfigError(f"config argument {key}={value!r}: expected a number")
+    if isinstance(old, int) and not isinstance(old, bool) and (
+        not isinstance(new, int) or isinstance(new, bool)):
+      raise ConfigError(f"config argument {key}={value!r}: expected an integer")
+    new = float(new) if isinstance(old, float) else str(value) if isinstance(old, str) else new
+    out[key] = new
   return out
 
 

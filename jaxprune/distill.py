@@ -63,6 +63,8 @@ __all__ = [
 # Attention scores at or below this are padding (the model adds -10000 there).
 PADDING_THRESHOLD = -100.0
 PREDICTION_LOSSES = ("reference", "kl")
+# What the attention and hidden MSEs average over: every entry (reference) or real tokens.
+MEAN_OVER = ("all", "tokens")
 
 
 class KDWeights(NamedTuple):

@@ -11,6 +11,7 @@ Intentionally short; the work is done by importable modules.
   jaxprune --mode=export --workdir=runs/rte-sparse --format=sparse
 """
 
+import re
 import sys
 
 from absl import app
@@ -27,6 +28,31 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumes if it exists).")
 _FORMAT = flags.DEFINE_enum("format", "hf", ["hf", "sparse", "2:4"], "Export format.")
 _OUT = flags.DEFINE_string("out", None, "Export directory (default <workdir>/export-<format>).")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with bad flags and config files as one-line errors (exit 2)."""
+  try:
+    argv = flags.FLAGS(argv)
+    error = getattr(flags.FLAGS["config"].value, "_error", None)  # a config file not loaded
+  except flags.Error as e:
+    error = e
+  except (AttributeError, KeyError) as e:  # ml_collections: --config.<no such field>
+    field = str(e).strip("\"'")
+    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.") and field in a),
+                "--config")
+    error = f"{flag}: the config has no field {field!r}"
+  if error is None:
+    return argv
+  text = str(error)
+  if missing := re.search(r"No such file or directory: '([^']*)'", text):
+    message = f"config file {missing[1]}: no such file (expected a .py file with get_config)"
+  elif "Traceback" in text:  # a config file that raised: its last line says why
+    message = re.sub(r"^[\w.]+(Error|Exception): ", "", text.strip().splitlines()[-1])
+  else:
+    message = " ".join(text.split())
+  print(f"jaxprune: error: {message}", file=sys.stderr)
+  sys.exit(2)
 
 
 def main(argv: list[str]) -> None:
@@ -51,7 +77,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   """Console-script entry point."""
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def kd_weights(cfg: ml_collections.ConfigDict, total_steps: int) -> distill.KDWe
   terms are switched off after that fraction of the steps (TinyBERT's two stages, in
   one run: intermediate layers first, then predictions only)."""
   one_of("distill.prediction_loss", cfg.prediction_loss, distill.PREDICTION_LOSSES)
-  one_of("distill.mean_over", cfg.mean_over, ("all", "tokens"))
+  one_of("distill.mean_over", cfg.mean_over, distill.MEAN_OVER)
   if not cfg.temperature > 0:
     raise ConfigError(f"distill.temperature={cfg.temperature}: expected > 0")
   if not 0.0 < cfg.intermediate_until <= 1.0:
@@ -204,5 +204,15 @@ def build(config: ml_collections.ConfigDict, mode: str, total_steps: int) -> Rec
 
 
 def check(config: ml_collections.ConfigDict, mode: str) -> None:
-  """Builds the recipe for a nominal run length: raises ``ConfigError`` for bad values."""
+  """Builds the recipe for a nominal run length: raises ``ConfigError`` for bad values.
+
+  The pruning and distillation settings are checked in every mode: one config file
+  serves the teacher's run and the student's, and a typo should not wait for the second.
+  """
   build(config, mode, _NOMINAL_STEPS)
+  prune_where(config.prune.where)
+  pattern(config.prune.pattern)
+  one_of("prune.scope", config.prune.scope, masks_lib.SCOPES)
+  sparsity_schedule(config.prune, _NOMINAL_STEPS)
+  kd_weights(config.distill, _NOMINAL_STEPS)
+  step_mode(config, "prune")

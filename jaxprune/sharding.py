@@ -364,7 +364,7 @@ def place_run(mesh_shape: Sequence[int], student_axes: Any, params: Any,
   try:
     mesh = make_mesh(mesh_shape)
   except ValueError as e:
-    raise ConfigError(f"mesh_shape: {e}") from None
+    raise ConfigError(str(e)) from None
   for name, size in (batch_sizes or {}).items():
     if size % mesh.shape["data"]:
       raise ConfigError(f"{name}={size} is not divisible by the {mesh.shape['data']} "

@@ -1,5 +1,9 @@
 """Train state and the pure train / eval steps of the four training modes.
 
+This module is one update, a pure function compiled once; the loop around it (data,
+evaluation, checkpoints, exports) is ``jaxprune.trainer``, and the objects a step is
+built from (optimizer, pruning transform, KD weights) come from ``jaxprune.recipe``.
+
 =================  ===========================  ==========================================
 mode               loss                         optimizer ``tx``
 =================  ===========================  ==========================================
@@ -148,8 +152,8 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
   distills, prunes = MODES[mode]
   if distills and teacher is None:
     raise ValueError(f"mode {mode!r} needs a teacher model")
-  if kd_mean_over not in ("all", "tokens"):
-    raise ValueError(f"kd_mean_over {kd_mean_over!r}: expected 'all' or 'tokens'")
+  if kd_mean_over not in distill.MEAN_OVER:
+    raise ValueError(f"kd_mean_over {kd_mean_over!r}: expected one of {distill.MEAN_OVER}")
   if prediction_loss not in distill.PREDICTION_LOSSES:
     raise ValueError(f"prediction_loss {prediction_loss!r}: expected one of "
                      f"{distill.PREDICTION_LOSSES}")

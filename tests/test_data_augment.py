@@ -282,3 +282,27 @@ def test_augment_task_with_an_mlm_head(tiny_mlm, tmp_path):
                         max_examples=3, progress=False)
   examples = read_tsv(tmp_path, "MRPC", "train_aug")
   assert result.num_examples == 3 and 3 < len(examples) <= 3 * 5
+
+
+def test_ensure_augmented_writes_once_and_redoes_on_new_settings(minilm, tmp_path):
+  from jaxprune.config import base_config
+  from jaxprune.data import ensure_augmented, get_task, load_splits
+  config = base_config()
+  config.task, config.glue_dir, config.augment_copies = "MRPC", str(FIXTURES), 2
+  spec = get_task("MRPC")
+  out = ensure_augmented(config, spec, tmp_path, "minilm-l6", progress=False)
+  assert out == tmp_path / "augmented"
+  file = out / "MRPC" / "train_aug.tsv"
+  first = file.stat().st_mtime_ns
+  assert ensure_augmented(config, spec, tmp_path, "minilm-l6", progress=False) == out
+  assert file.stat().st_mtime_ns == first  # reused, not rewritten
+  rows_2 = len(read_tsv(out, "MRPC", "train_aug"))
+  config.augment_copies = 4
+  ensure_augmented(config, spec, tmp_path, "minilm-l6", progress=False)
+  assert len(read_tsv(out, "MRPC", "train_aug")) > rows_2  # new settings: written again
+  # A student run trains on it; the teacher's run (augment=False) on train.tsv.
+  _, tokenizer = minilm
+  student, _ = load_splits(config, spec, tokenizer, tmp_path, augment=True, progress=False)
+  teacher, _ = load_splits(config, spec, tokenizer, tmp_path, augment=False)
+  assert len(student["labels"]) == len(read_tsv(out, "MRPC", "train_aug"))
+  assert len(teacher["labels"]) == len(read_tsv(FIXTURES, "MRPC", "train"))

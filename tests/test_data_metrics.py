@@ -117,3 +117,30 @@ def test_accumulator_errors():
     acc.result()
   with pytest.raises(ValueError, match="batch of 2 predictions, labels"):
     acc.add(np.zeros((2, 2)), np.zeros(3, np.int64), np.ones(3))
+
+
+def test_constant_baseline_is_the_training_majority_on_dev():
+  from jaxprune.data import constant_baseline
+  # MRPC: majority class 1 in train; on dev (2 of 3 positive) acc 2/3, F1 2*2/(2*2+1) = 0.8.
+  scores = constant_baseline("MRPC", np.array([1, 1, 0]), np.array([1, 0, 1]))
+  assert scores == pytest.approx({"f1": 0.8, "accuracy": 2 / 3})
+  # CoLA: a constant has MCC 0; STS-B: a constant has correlation 0.
+  assert constant_baseline("CoLA", np.array([0, 1, 1]), np.array([1, 0]))["mcc"] == 0.0
+  stsb = constant_baseline("STS-B", np.array([1.0, 3.0]), np.array([0.5, 4.0]))
+  assert stsb == {"pearson": 0.0, "spearman": 0.0}
+
+
+def test_report_plots_each_term_and_warns_near_the_baseline(tmp_path):
+  from jaxprune import report
+  assert report.smooth([1.0, 1.0, 1.0]) == pytest.approx([1.0, 1.0, 1.0])  # debiased
+  assert report.smooth([0.0, 1.0], weight=0.5) == pytest.approx([0.0, 2 / 3])
+  with report.MetricWriter(tmp_path) as w:
+    for step in range(1, 30):
+      w.write(step, {"loss": 9.0, "attention_loss": 8.0, "hidden_loss": 0.9,
+                     "prediction_loss": 0.1, "sparsity": step / 30})
+    w.write(29, {"accuracy": 0.7}, kind="eval")
+  pytest.importorskip("matplotlib")
+  assert report.plot_run(tmp_path / "metrics.jsonl", tmp_path / "run.png").stat().st_size
+  near = report.baseline_warnings({"f1": 0.815, "accuracy": 0.7}, {"f1": 0.812, "accuracy": 0.68})
+  assert len(near) == 1 and "f1 81.50" in near[0] and "(81.20)" in near[0]
+  assert report.baseline_warnings({"f1": 0.85}, {"f1": 0.812}) == []

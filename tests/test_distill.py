@@ -214,3 +214,31 @@ def test_mismatched_shapes_raise():
   student, teacher = fake_output(rs, 2, hidden=8), fake_output(rs, 2, hidden=16)
   with pytest.raises(ValueError, match="hidden states"):
     distill.distillation_loss(student, teacher, weights=distill.KDWeights(attention=0.0))
+
+
+def test_label_term_is_gold_cross_entropy_and_reported_only_when_weighted():
+  rs = np.random.RandomState(9)
+  student, teacher = fake_output(rs, 2), fake_output(rs, 2)
+  gold = np.array([1, 0, 1])
+  log_p = np_log_softmax(student.logits.astype(np.float64))
+  ce = -np.mean(log_p[np.arange(3), gold])
+  weights = distill.KDWeights(attention=0.0, hidden=0.0, prediction=1.0, labels=0.5)
+  total, terms = distill.distillation_loss(student, teacher, labels=gold, weights=weights)
+  np.testing.assert_allclose(terms["labels"], ce, rtol=RTOL)
+  np.testing.assert_allclose(total, terms["prediction"] + 0.5 * ce, rtol=RTOL)
+  _, plain = distill.distillation_loss(student, teacher, labels=gold)
+  assert "labels" not in plain  # the reference's three terms only
+  with pytest.raises(ValueError, match="gold labels"):
+    distill.distillation_loss(student, teacher, weights=weights)
+
+
+def test_traced_weights_are_always_computed_and_scale_their_term():
+  rs = np.random.RandomState(10)
+  student, teacher = fake_output(rs, 2), fake_output(rs, 2)
+  _, terms = distill.distillation_loss(student, teacher)
+  off = distill.KDWeights(attention=jnp.float32(0.0), hidden=jnp.float32(2.0))
+  total, traced = distill.distillation_loss(student, teacher, weights=off)
+  np.testing.assert_allclose(traced["attention"], terms["attention"], rtol=RTOL)
+  np.testing.assert_allclose(total, 2 * terms["hidden"] + terms["prediction"], rtol=RTOL)
+  assert not distill.is_active(0) and not distill.is_active(0.0)
+  assert distill.is_active(jnp.float32(0.0)) and distill.is_active(lambda step: 0.0)

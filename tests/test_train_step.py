@@ -213,3 +213,27 @@ def test_train_state_is_a_pytree_of_arrays():
   assert state.rng.dtype == jnp.uint32 and state.step.dtype == jnp.int32
   raw = train.create_train_state({}, optax.identity(), jax.random.key_data(jax.random.key(3)))
   np.testing.assert_array_equal(raw.rng, state.rng)
+
+
+def test_kd_weight_schedules_switch_terms_off_at_the_boundary(label_batch):
+  student, teacher = no_dropout(1), no_dropout(1)
+  s_params, t_params = worker.random_params(student, 0), worker.random_params(teacher, 1)
+  tx = optax.sgd(0.0)  # params stay put: only the weights change between steps
+  until = lambda count: jnp.where(count < 2, 1.0, 0.0)
+  weights = distill.KDWeights(attention=until, hidden=until, prediction=1.0, labels=0.5)
+  step = jax.jit(train.make_train_step(student, tx, mode="distill", teacher=teacher,
+                                       kd_weights=weights, learning_rate=0.0))
+  state = train.create_train_state(s_params, tx, jax.random.key(0))
+  losses = []
+  for _ in range(3):
+    state, m = step(state, t_params, label_batch)
+    losses.append(m)
+  assert set(losses[0]) == KD_METRICS | {"labels_loss"}
+  for m in losses[:2]:  # counts 0 and 1: all four terms
+    expected = (m["attention_loss"] + m["hidden_loss"] + m["prediction_loss"]
+                + 0.5 * m["labels_loss"])
+    assert float(m["loss"]) == pytest.approx(float(expected), rel=1e-5)
+  m = losses[2]  # count 2: predictions and labels only, the terms still reported
+  assert float(m["attention_loss"]) > 0 and float(m["hidden_loss"]) > 0
+  assert float(m["loss"]) == pytest.approx(
+      float(m["prediction_loss"] + 0.5 * m["labels_loss"]), rel=1e-5)

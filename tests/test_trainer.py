@@ -229,3 +229,23 @@ def test_reference_config_is_the_reference():
   assert c.prune.schedule == "reference" and c.prune.ramp_fraction == 1.0
   assert c.prune.keep_ties and c.distill.teacher_dropout and c.distill.classifier_relu
   assert c.trim_padding_to == 0 and c.max_seq_len == 128 and c.seed == 42
+
+
+def test_student_on_augmented_data_with_labels_and_a_prediction_only_phase(teacher_dir,
+                                                                           tmp_path):
+  config = tiny_config()
+  config.teacher = str(teacher_dir)
+  config.augment_copies = 1
+  config.distill.label_weight = 0.5
+  config.distill.intermediate_until = 0.5
+  summary = trainer.train_and_evaluate(config, tmp_path / "s", "prune", progress=False)
+  aug = tmp_path / "s" / "augmented" / "MRPC" / "train_aug.tsv"
+  assert aug.is_file() and sum(1 for _ in aug.open()) > config.train_subsample
+  assert set(summary["baseline_scores"]) == {"f1", "accuracy"}
+  assert isinstance(summary["warnings"], list)
+  rows = [json.loads(l) for l in (tmp_path / "s" / "metrics.jsonl").open()]
+  train_rows = [r for r in rows if r["kind"] == "train"]
+  assert all("labels_loss" in r for r in train_rows)
+  late = train_rows[-1]  # step 12 of 12: predictions and labels only
+  assert late["loss"] == pytest.approx(late["prediction_loss"] + 0.5 * late["labels_loss"],
+                                       rel=1e-4)
