@@ -13,21 +13,80 @@ Example::
   ckpt.save(step, state, {"data": it.state(), "config": config.to_dict()})
   restored = ckpt.restore_latest(abstract_state)   # None on a fresh run
   if restored: state, meta = restored
+
+``PreemptionGuard`` turns SIGTERM/SIGINT (a spot or maintenance preemption of a TPU VM)
+into a request that every process sees at the same step, so the loop can save and exit.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
+import signal
+import threading
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxprune import paths
 from jaxprune.errors import CheckpointError
 
-__all__ = ["Checkpointer", "abstract"]
+__all__ = ["Checkpointer", "PreemptionGuard", "Preempted", "PREEMPTED_EXIT_CODE", "abstract"]
+
+# The exit code of a run stopped by a preemption signal after saving (EX_TEMPFAIL: "try
+# again"); re-running the same command resumes it.
+PREEMPTED_EXIT_CODE = 75
+
+
+class Preempted(Exception):
+  """The run saved a checkpoint and stopped on SIGTERM/SIGINT; re-run it to resume."""
+
+
+class PreemptionGuard:
+  """Within ``with``, SIGTERM and SIGINT only set a flag (a second one too: a save in
+  progress is never interrupted by them); `requested` tells every process, at the same
+  step, whether any of them got one.
+
+  Example::
+
+    with PreemptionGuard() as guard:
+      for step in ...:
+        ...
+        if guard.requested():  # every process calls it once per step
+          save(step); raise Preempted(...)
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if self.signal is None:
+      log.warning("got signal %d: saving at the end of this step, then stopping", signum)
+    self.signal = signum
+
+  def __enter__(self) -> "PreemptionGuard":
+    if threading.current_thread() is threading.main_thread():
+      for s in self.SIGNALS:
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+  def requested(self) -> bool:
+    """Whether any process got a signal (a collective when there are several)."""
+    local = np.int32(self.signal is not None)
+    if jax.process_count() == 1:
+      return bool(local)
+    from jax.experimental import multihost_utils
+    return bool(np.max(multihost_utils.process_allgather(local)))
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +100,9 @@ class Checkpointer:
   """Keeps the last ``keep`` checkpoints of a run under ``directory``."""
 
   def __init__(self, directory: str | os.PathLike, keep: int = 2, async_save: bool = True):
-    self.directory = Path(directory).absolute()
+    self.directory = paths.path(directory)
+    if not paths.is_remote(directory):  # orbax wants absolute local paths
+      self.directory = self.directory.absolute()
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(

@@ -17,6 +17,7 @@ from typing import Any
 import ml_collections
 
 from jaxprune import config as config_lib
+from jaxprune import paths
 from jaxprune import report
 
 __all__ = ["run", "demo"]
@@ -38,10 +39,10 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str | None
   if config is None:
     config = config_lib.demo_config() if mode == "demo" else config_lib.base_config()
   workdir = workdir or DEFAULT_WORKDIR.get(mode)
-  if workdir and Path(workdir).exists() and not Path(workdir).is_dir():
+  if workdir and paths.exists(workdir) and not paths.is_dir(workdir):
     raise config_lib.ConfigError(f"workdir {workdir} is a file (expected a folder)")
   if mode == "demo":
-    return demo(config, Path(workdir))
+    return demo(config, paths.path(workdir))
   if mode in ("finetune", "prune"):
     summary = trainer.train_and_evaluate(config, _need(workdir, "workdir"), mode)
     return json.dumps(summary, indent=2)
@@ -69,10 +70,11 @@ def export(workdir: str, export_format: str, out: str | None) -> str:
 
   source = models.run_model_dir(workdir)
   _, params, model_config = models.from_pretrained(source)
-  target = Path(out or Path(workdir) / f"export-{export_format.replace(':', '-')}")
+  target = paths.path(out or f"{str(workdir).rstrip('/')}/export-"
+                              f"{export_format.replace(':', '-')}")
   export_lib.export_model(params, None, model_config, target, format=export_format,
                           tokenizer_from=source)
-  size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+  size = paths.tree_bytes(target)
   return f"exported {source} as {export_format} to {target} ({size / 2**20:.1f} MiB)"
 
 
@@ -96,7 +98,7 @@ def _check_inputs(config: ml_collections.ConfigDict) -> tuple[Path, Path]:
   return glue, model
 
 
-def demo(config: ml_collections.ConfigDict, workdir: Path) -> str:
+def demo(config: ml_collections.ConfigDict, workdir) -> str:
   """Fine-tunes a teacher, prunes+distills a student, and compares them on GLUE dev."""
   from jaxprune import trainer
 
@@ -116,7 +118,7 @@ def demo(config: ml_collections.ConfigDict, workdir: Path) -> str:
 
 
 def summary_table(teacher: dict[str, Any], student: dict[str, Any], teacher_s: float,
-                  student_s: float, workdir: Path) -> str:
+                  student_s: float, workdir) -> str:
   """The demo's closing table: scores on the official dev set, sparsity, sizes."""
   metrics = list(teacher["selected"]["scores"])
   rows = []

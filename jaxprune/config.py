@@ -80,7 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.max_seq_len = 128
   # Cut each batch's all-padding columns, rounding its length up to a multiple of this
   # (0: always max_seq_len, as the reference; the attention-score MSE then averages over
-  # the padded positions too, so its scale depends on this). Single-process runs only.
+  # the padded positions too, so its scale depends on this). Every process cuts to the
+  # length of the whole global batch.
   config.trim_padding_to = 0
   # Batch examples of similar length together, within windows of this many batches
   # (0: off). With trim_padding_to it cuts most padding on short-sentence tasks.
@@ -153,7 +154,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Device mesh (data, model); -1 takes the remaining devices.
   config.mesh_shape = (-1, 1)
-  # Multi-host: coordinator "host:port" (empty: single process, or auto-detected on TPU).
+  # Multi-host: coordinator "host:port", or "auto" (JAX finds it: TPU pod slices);
+  # empty: a single process.
   config.coordinator_address = ""
   config.num_processes = 1
   config.process_id = 0

@@ -60,6 +60,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   from jaxprune import cli
+  from jaxprune.checkpoint import PREEMPTED_EXIT_CODE, Preempted
   from jaxprune.errors import UserError
   from jaxprune.trainer import TrainingError
   try:
@@ -71,6 +72,9 @@ def main(argv: list[str]) -> None:
   except TrainingError as e:
     print(f"jaxprune: stopped: {e}", file=sys.stderr)
     sys.exit(3)
+  except Preempted as e:  # SIGTERM/SIGINT: saved; the same command resumes
+    print(f"jaxprune: {e}", file=sys.stderr)
+    sys.exit(PREEMPTED_EXIT_CODE)
   if summary is not None:
     print(summary)
 

@@ -19,11 +19,14 @@ import json
 import math
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from jaxprune import paths
+
 __all__ = ["MetricWriter", "read_metrics", "plot_run", "smooth", "table", "layer_sparsity",
-           "sparsity_summary", "baseline_warnings"]
+           "sparsity_summary", "baseline_warnings", "publish_run"]
 
 # The loss terms a distillation step logs, in plotting order.
 LOSS_TERMS = ("attention_loss", "hidden_loss", "prediction_loss", "labels_loss")
@@ -40,17 +43,28 @@ def _plain(value: Any) -> Any:
 
 
 class MetricWriter:
-  """Appends metrics to ``metrics.jsonl`` (one process writes) and TensorBoard."""
+  """Appends metrics to ``metrics.jsonl`` (one process writes) and TensorBoard.
+
+  A ``gs://`` workdir is written through a local staging folder (GCS objects cannot be
+  appended to): rows and events go there, and `flush` uploads them; a resumed run
+  continues the file it finds there.
+  """
 
   def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
     self.enabled = enabled
-    self.path = Path(workdir) / "metrics.jsonl"
+    self._remote = paths.path(workdir) if paths.is_remote(workdir) else None
+    local = Path(workdir)
+    if self._remote is not None and enabled:
+      local = Path(tempfile.mkdtemp(prefix="jaxprune-metrics-"))
+      if (self._remote / "metrics.jsonl").is_file():
+        (local / "metrics.jsonl").write_text((self._remote / "metrics.jsonl").read_text())
+    self.path = local / "metrics.jsonl"
     self._tb = None
     if enabled:
       self.path.parent.mkdir(parents=True, exist_ok=True)
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(str(Path(workdir) / "tb"))
+        self._tb = SummaryWriter(str(local / "tb"))
       except ImportError:
         pass
 
@@ -66,12 +80,16 @@ class MetricWriter:
           self._tb.add_scalar(f"{kind}/{k}", v, int(step))
 
   def flush(self) -> None:
+    """Makes what was written visible in the workdir (uploads it for ``gs://``)."""
     if self._tb is not None:
       self._tb.flush()
+    if self._remote is not None and self.enabled:
+      paths.upload(self.path.parent, self._remote)
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+    self.flush()
 
   def __enter__(self) -> "MetricWriter":
     return self
@@ -83,7 +101,7 @@ class MetricWriter:
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
   """The rows of a ``metrics.jsonl`` (the last row per (kind, step) wins on resume)."""
   rows: dict[tuple[str, int], dict[str, Any]] = {}
-  p = Path(path)
+  p = paths.path(path)
   if p.is_file():
     for line in p.read_text().splitlines():
       if line.strip():
@@ -136,10 +154,29 @@ def plot_run(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  out = Path(out_png)
-  fig.savefig(out, dpi=110)
+  with paths.staged_file(out_png) as tmp:
+    fig.savefig(tmp, dpi=110, format="png")
   plt.close(fig)
-  return out
+  return paths.path(out_png)
+
+
+def publish_run(workdir: str | os.PathLike, summary: dict[str, Any], params: Any,
+                model_config: Any, tokenizer_from: str, title: str = "") -> dict[str, Any]:
+  """Writes what a finished run leaves in ``workdir`` (local or gs://), each file
+  atomically: ``hf/`` (the selected model), ``model.sparse.safetensors`` (fp16,
+  compressed), ``summary.json`` (with the two exports' sizes added) and ``run.png``."""
+  from jaxprune import export
+  from jaxprune import models
+
+  workdir = paths.path(workdir)
+  hf = models.export_hf(params, model_config, workdir / "hf", tokenizer_from=tokenizer_from)
+  summary["hf_export_bytes"] = paths.tree_bytes(hf)
+  summary["sparse_fp16_export_bytes"] = export.export_sparse(
+      params, None, workdir / "model.sparse.safetensors", "float16", config=model_config,
+      dense_dtype="float16").file_bytes
+  paths.write_text(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+  plot_run(workdir / "metrics.jsonl", workdir / "run.png", title=title)
+  return summary
 
 
 def layer_sparsity(opt_state: Any, where: Any) -> dict[str, float]:

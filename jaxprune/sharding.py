@@ -81,7 +81,10 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 1
                            local_device_ids: Sequence[int] | None = None) -> bool:
   """Joins a multi-process run when a coordinator is configured; else does nothing.
 
-  Must run before anything else touches jax devices. Returns whether it initialized.
+  ``coordinator_address="auto"`` lets JAX find the coordinator and process ids itself (on
+  a TPU pod slice, every worker runs the same command). Log lines of every process but
+  the first are then prefixed with ``[process i]``. Must run before anything else
+  touches jax devices. Returns whether it initialized.
 
   Example: ``initialize_distributed("127.0.0.1:12345", num_processes=2, process_id=0)``.
   """
@@ -89,8 +92,19 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 1
     if num_processes != 1:
       raise ValueError(f"num_processes={num_processes} needs a coordinator_address")
     return False
-  jax.distributed.initialize(coordinator_address, num_processes=num_processes,
-                             process_id=process_id, local_device_ids=local_device_ids)
+  if coordinator_address == "auto":
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address, num_processes=num_processes,
+                               process_id=process_id, local_device_ids=local_device_ids)
+  if jax.process_index() != 0:
+    make_record, prefix = logging.getLogRecordFactory(), f"[process {jax.process_index()}] "
+
+    def prefixed(*args, **kwargs):
+      record = make_record(*args, **kwargs)
+      record.msg = prefix + str(record.msg)
+      return record
+    logging.setLogRecordFactory(prefixed)
   log.info("process %d of %d, %d local / %d global devices", jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
   return True

@@ -29,17 +29,18 @@ import logging
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from tqdm import auto as tqdm
 
 from jaxprune import checkpoint
 from jaxprune import config as config_lib
 from jaxprune import data
 from jaxprune import models
+from jaxprune import paths
 from jaxprune import recipe
 from jaxprune import report
 from jaxprune import sharding
@@ -63,8 +64,8 @@ def load_teacher(name_or_workdir: str, num_labels: int, student_config: Any = No
   """The teacher: a finetune workdir (its ``hf/`` export) or an HF checkpoint; checked
   against ``student_config`` (same vocabulary and width) when given."""
   source = models.run_model_dir(name_or_workdir)
-  if source == name_or_workdir and not Path(source).is_dir() and (
-      Path(source).is_absolute() or str(source).startswith(".")):
+  if source == name_or_workdir and not paths.is_dir(source) and (
+      str(source).startswith(("/", ".")) or paths.is_remote(source)):
     raise config_lib.ConfigError(f"teacher {source}: no such directory (expected a finetune "
                                  "workdir or a fine-tuned HF checkpoint)")
   teacher = models.from_pretrained(source, num_labels=num_labels, **overrides)
@@ -122,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   config_lib.validate(config, mode)
   sharding.initialize_distributed(config.coordinator_address, config.num_processes,
                                   config.process_id)
-  workdir = Path(workdir)
+  workdir = paths.path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   lead = jax.process_index() == 0
   spec = data.get_task(config.task)
@@ -163,8 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       mesh, placed.state_shardings, placed.teacher_shardings)
   eval_step = sharding.jit_eval_step(train.make_eval_step(student), mesh,
                                      placed.param_shardings)
-  # Trimming needs the whole global batch on every process to agree on its length.
-  trim = config.trim_padding_to if jax.process_count() == 1 else 0
+  trim = config.trim_padding_to  # lengths come from global batches: processes agree
   evaluate = lambda step_fn, p: evaluate_model(step_fn, p, dev_data, spec.name,
                                                config.eval_batch_size, mesh, trim)
 
@@ -194,41 +194,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   iterator = data.train_batches(
       train_data, section.batch_size, seed=config.seed,
       state=data.IteratorState(**meta["data"]), process_index=jax.process_index(),
-      process_count=jax.process_count(), group_by_length=config.group_by_length)
-  bar = _progress(total_steps, start, enabled=progress and lead, desc=f"{mode} {spec.name}")
+      process_count=jax.process_count(), group_by_length=config.group_by_length,
+      trim_to=trim)
+  bar = tqdm.tqdm(total=total_steps, initial=start, disable=not (progress and lead),
+                  desc=f"{mode} {spec.name}", unit="step", dynamic_ncols=True, mininterval=1.0)
   sparsity, scores, t0 = float(meta.get("sparsity", 0.0)), None, time.time()
-  for step in range(start + 1, total_steps + 1):
-    batch, it_state = next(iterator)
-    # The host knows which steps are mask events: telling the step statically spares the
-    # in-graph lax.cond and the update tree it materialises (see prune_by_magnitude).
-    event = run.sparsity.is_event(step) if prunes else None
-    state, metrics = train_step(state, teacher_params,
-                                sharding.global_batch(data.trim_padding(batch, trim), mesh),
-                                event)
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not math.isfinite(metrics["loss"]):
-      ckpt.close()
-      raise TrainingError(f"loss became {metrics['loss']} at step {step}; stopping. The last "
-                          f"good checkpoint (step {ckpt.steps()[-1] if ckpt.steps() else 0}) "
-                          f"is in {ckpt.directory}")
-    meta["data"], meta["sparsity"] = it_state._asdict(), metrics["sparsity"]
-    sparsity = metrics["sparsity"]
-    if event:
-      writer.write(step, report.layer_sparsity(state.opt_state, run.where), kind="prune_event")
-    if step % section.log_every == 0 or step == total_steps:
-      writer.write(step, {**metrics, "steps_per_s": (step - start) / (time.time() - t0)})
-    bar.update(1)
-    postfix = {"loss": f"{metrics['loss']:.4f}", "sparsity": f"{sparsity:.3f}"}
-    last = step == total_steps
-    if step % eval_every == 0 or last:
-      scores = evaluate(eval_step, state.params)
-      writer.write(step, {**scores, "sparsity": sparsity}, kind="eval")
-      _keep_if_best(meta, best_ckpt, state, step, scores, sparsity, metric_name,
-                    eligible=not prunes or sparsity >= final_sparsity - 1e-6)
-      postfix[metric_name] = f"{scores[metric_name]:.4f}"
-    bar.set_postfix(**postfix)
-    if step % section.checkpoint_every == 0 or step % eval_every == 0 or last:
-      ckpt.save(step, state, {**meta, "config": json.loads(config.to_json_best_effort())})
+  with checkpoint.PreemptionGuard() as guard:
+    for step in range(start + 1, total_steps + 1):
+      batch, it_state = next(iterator)
+      # The host knows which steps are mask events: telling the step statically spares the
+      # in-graph lax.cond and the update tree it materialises (see prune_by_magnitude).
+      event = run.sparsity.is_event(step) if prunes else None
+      state, metrics = train_step(state, teacher_params, sharding.global_batch(batch, mesh),
+                                  event)
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not math.isfinite(metrics["loss"]):
+        ckpt.close()
+        bar.close()
+        raise TrainingError(f"loss became {metrics['loss']} at step {step}; stopping. The last "
+                            f"good checkpoint (step {ckpt.steps()[-1] if ckpt.steps() else 0}) "
+                            f"is in {ckpt.directory}")
+      meta["data"], meta["sparsity"] = it_state._asdict(), metrics["sparsity"]
+      sparsity = metrics["sparsity"]
+      if event:
+        writer.write(step, report.layer_sparsity(state.opt_state, run.where), kind="prune_event")
+      if step % section.log_every == 0 or step == total_steps:
+        writer.write(step, {**metrics, "steps_per_s": (step - start) / (time.time() - t0)})
+      bar.update(1)
+      postfix = {"loss": f"{metrics['loss']:.4f}", "sparsity": f"{sparsity:.3f}"}
+      last = step == total_steps
+      if step % eval_every == 0 or last:
+        scores = evaluate(eval_step, state.params)
+        writer.write(step, {**scores, "sparsity": sparsity}, kind="eval")
+        _keep_if_best(meta, best_ckpt, state, step, scores, sparsity, metric_name,
+                      eligible=not prunes or sparsity >= final_sparsity - 1e-6)
+        postfix[metric_name] = f"{scores[metric_name]:.4f}"
+      bar.set_postfix(**postfix)
+      stop = guard.requested()  # a preemption signal on any process: save and stop, together
+      if step % section.checkpoint_every == 0 or step % eval_every == 0 or last or stop:
+        ckpt.save(step, state, {**meta, "config": json.loads(config.to_json_best_effort())})
+        writer.flush()
+      if stop and not last:
+        ckpt.close()
+        best_ckpt.wait()
+        bar.close()
+        writer.write(step, {"signal": guard.signal or 0}, kind="preempted")
+        writer.close()
+        raise checkpoint.Preempted(f"preempted at step {step}; re-run the same command to "
+                                   "resume")
   bar.close()
 
   # --- finish: a resumed finished run is evaluated once more; export, summary, plot
@@ -240,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   best_ckpt.wait()
   writer.flush()
   summary = _finish(workdir, config, student_config, state, best_ckpt, meta, scores,
-                    mode, run.mode, lead)
+                    mode, run.mode, mesh)
   writer.close()
   return summary
 
@@ -255,14 +268,8 @@ def _keep_if_best(meta, best_ckpt, state, step: int, scores, sparsity: float,
                    force=True)
 
 
-def _progress(total: int, initial: int, enabled: bool, desc: str):
-  from tqdm.auto import tqdm
-  return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step",
-              dynamic_ncols=True, mininterval=1.0)
-
-
-def _finish(workdir: Path, config, model_config, state, best_ckpt, meta, last_scores,
-            mode: str, step_mode: str, lead: bool) -> dict[str, Any]:
+def _finish(workdir, config, model_config, state, best_ckpt, meta, last_scores,
+            mode: str, step_mode: str, mesh) -> dict[str, Any]:
   """Exports the selected params to ``hf/``, writes summary.json and the plot."""
   best = meta.get("best")
   steps = int(jax.device_get(state.step))
@@ -277,21 +284,13 @@ def _finish(workdir: Path, config, model_config, state, best_ckpt, meta, last_sc
       "last_scores": last_scores, "selected": selected,
       "teacher_scores": meta.get("teacher_scores"),
       "baseline_scores": meta.get("baseline_scores"), **report.sparsity_summary(params),
+      "processes": jax.process_count(), "devices": jax.device_count(), "mesh": dict(mesh.shape),
       "warnings": report.baseline_warnings(selected["scores"], meta.get("baseline_scores"))}
   for warning in summary["warnings"]:
     log.warning("%s", warning)
-  if lead:
-    from jaxprune import export
-    out = models.export_hf(params, model_config, workdir / "hf",
-                           tokenizer_from=config.model.removeprefix("random:"))
-    summary["hf_export_bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    summary["sparse_fp16_export_bytes"] = export.export_sparse(
-        params, None, workdir / "model.sparse.safetensors", "float16", config=model_config,
-        dense_dtype="float16").file_bytes
-    tmp = workdir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(workdir / "summary.json")
-    report.plot_run(workdir / "metrics.jsonl", workdir / "run.png",
-                    title=f"{config.task} {step_mode}")
+  if jax.process_index() == 0:
+    report.publish_run(workdir, summary, params, model_config,
+                       tokenizer_from=config.model.removeprefix("random:"),
+                       title=f"{config.task} {step_mode}")
   return summary
 

@@ -35,3 +35,65 @@ def read_mrpc_pairs(glue_dir: Path, n: int) -> list[tuple[str, str]]:
   """The first n (sentence1, sentence2) pairs of MRPC dev (a BOM-prefixed TSV)."""
   lines = (glue_dir / "MRPC" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:]
   return [tuple(line.split("\t")[3:5]) for line in lines[:n]]
+
+
+def _send_generation_headers(server_module) -> None:
+  """Makes the emulator's media downloads carry ``x-goog-generation`` as real GCS does:
+  tensorstore (orbax's OCDBT checkpoints) reads an object's generation from it and
+  rejects a download without one ("Malformed StorageGeneration")."""
+  from gcp_storage_emulator.handlers import objects
+  original = objects.download
+  if getattr(original, "sends_generation", False):
+    return
+
+  def download(request, response, storage, *args, **kwargs):
+    original(request, response, storage, *args, **kwargs)
+    try:
+      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+    except Exception:  # not found: the original handler answered 404
+      return
+    response["x-goog-generation"] = str(obj["generation"])
+    response["x-goog-metageneration"] = str(obj.get("metageneration") or 1)
+
+  download.sends_generation = True
+  objects.download = download  # objects.get(alt=media) calls it by name
+  for route in server_module.HANDLERS:
+    for methods in route[1:]:
+      for method, handler in list(methods.items()) if isinstance(methods, dict) else []:
+        if handler is original:
+          methods[method] = download
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+  """A GCS JSON API on 127.0.0.1 (``gcp-storage-emulator``, in memory) with a bucket.
+
+  Sets what gcsfs (``STORAGE_EMULATOR_HOST``; no gRPC bucket-type probe) and tensorstore
+  (``TENSORSTORE_GCS_HTTP_URL``: orbax's array writer) need to talk to it, for this
+  process and the subprocesses it starts; yields ``"gs://jaxprune-test"``.
+  """
+  import logging
+  import socket
+  server_module = pytest.importorskip("gcp_storage_emulator.server",
+                                      reason="needs the test extra (gcp-storage-emulator)")
+  pytest.importorskip("gcsfs", reason="needs the gcs extra (gcsfs)")
+  logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)  # 404s are normal
+  _send_generation_headers(server_module)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  server = server_module.create_server("127.0.0.1", port, in_memory=True,
+                                       default_bucket="jaxprune-test")
+  server.start()
+  url = f"http://127.0.0.1:{port}"
+  env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+  old = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  yield "gs://jaxprune-test"
+  server.stop()
+  for k, v in old.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v

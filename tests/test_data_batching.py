@@ -217,3 +217,21 @@ def test_group_by_length_keeps_examples_and_cuts_padding():
                                        state=IteratorState(0, 10))]
   for a, b in zip(grouped[10:], again, strict=True):
     np.testing.assert_array_equal(a["labels"], b["labels"])
+
+
+def test_trim_length_comes_from_the_global_batch_on_every_process():
+  rs = np.random.RandomState(3)
+  n, length = 64, 48
+  lengths = rs.randint(2, length, n)
+  mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
+  data = {"input_ids": mask * 7, "attention_mask": mask, "labels": np.arange(n)}
+  single = train_batches(data, 8, seed=0, num_epochs=1, trim_to=16, group_by_length=2)
+  shards = [train_batches(data, 8, seed=0, num_epochs=1, trim_to=16, group_by_length=2,
+                          process_index=i, process_count=2) for i in range(2)]
+  for (whole, _), (a, _), (b, _) in zip(single, *shards):
+    width = whole["input_ids"].shape[1]
+    assert width % 16 == 0 or width == length
+    assert whole["attention_mask"].sum(1).max() <= width < whole["attention_mask"].sum(1).max() + 16
+    # both processes cut to the global batch's length, even when their own rows are shorter
+    assert a["input_ids"].shape[1] == b["input_ids"].shape[1] == width
+    np.testing.assert_array_equal(np.concatenate([a["labels"], b["labels"]]), whole["labels"])

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -80,38 +81,56 @@ def _final_state(workdir: Path, step: int):
   return jax.tree_util.tree_flatten_with_path(state)[0]
 
 
-def test_sigkill_and_resume_is_bitwise_exact(teacher_dir, tmp_path):
+def interrupt(args: list[str], workdir, sig: int, after_step: int, timeout: float = 240):
+  """Starts the CLI and sends ``sig`` once ``metrics.jsonl`` shows ``after_step`` (read
+  through jaxprune.paths, so ``workdir`` may be gs://); returns (exit code, stderr)."""
+  from jaxprune import paths
+  proc = subprocess.Popen([sys.executable, "-m", "jaxprune.main", *args,
+                           f"--workdir={workdir}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + timeout
+  metrics = paths.path(f"{workdir}/metrics.jsonl")
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.is_file() and any(json.loads(l)["step"] >= after_step and
+                                 json.loads(l)["kind"] == "train"
+                                 for l in metrics.read_text().splitlines() if l.strip()):
+      break
+    time.sleep(0.05)
+  proc.send_signal(sig)
+  _, stderr = proc.communicate(timeout=120)
+  done = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "train"]
+  assert max(r["step"] for r in done) < 16, "the run finished before it was interrupted"
+  return proc.returncode, stderr
+
+
+def assert_same_states(a, b):
+  assert [p for p, _ in a] == [p for p, _ in b]
+  names = [jax.tree_util.keystr(p) for p, _ in a]
+  assert any("masks" in n for n in names), names[:10]
+  for (path, x), (_, y) in zip(a, b):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_interrupt_and_resume_is_bitwise_exact(teacher_dir, tmp_path, sig):
   args = ["--mode=prune", "--config=configs/tiny.py:steps=16,sparsity=0.8",
           f"--config.teacher={teacher_dir}"]
   full = _cli(*args, f"--workdir={tmp_path / 'full'}")
   assert full.returncode == 0, full.stderr[-2000:]
 
   killed = tmp_path / "killed"
-  kill_after = random.Random(os.getpid()).randint(3, 13)
-  proc = subprocess.Popen([sys.executable, "-m", "jaxprune.main", *args,
-                           f"--workdir={killed}"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
-  metrics = killed / "metrics.jsonl"
-  while time.time() < deadline and proc.poll() is None:
-    if metrics.is_file() and any(json.loads(l)["step"] >= kill_after and
-                                 json.loads(l)["kind"] == "train"
-                                 for l in metrics.read_text().splitlines() if l.strip()):
-      break
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  done = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "train"]
-  assert max(r["step"] for r in done) < 16, "the run finished before it could be killed"
+  code, stderr = interrupt(args, killed, sig, random.Random(os.getpid()).randint(3, 13))
+  if sig == signal.SIGTERM:  # saved at a step boundary, said so in one line, code 75
+    assert code == 75, stderr[-2000:]
+    line = [l for l in stderr.splitlines() if l.startswith("jaxprune:")]
+    assert len(line) == 1 and re.search(r"preempted at step (\d+); re-run", line[0]), stderr
+    step = int(re.search(r"step (\d+)", line[0])[1])
+    assert step in checkpoint.Checkpointer(killed / "checkpoints").steps()
+    rows = [json.loads(l) for l in (killed / "metrics.jsonl").open()]
+    assert {"step": step, "kind": "preempted", "signal": 15} in rows
   resumed = _cli(*args, f"--workdir={killed}")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-
-  a, b = _final_state(tmp_path / "full", 16), _final_state(killed, 16)
-  assert [p for p, _ in a] == [p for p, _ in b]
-  names = [jax.tree_util.keystr(p) for p, _ in a]
-  assert any("masks" in n for n in names), names[:10]
-  for (path, x), (_, y) in zip(a, b):
-    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+  assert_same_states(_final_state(tmp_path / "full", 16), _final_state(killed, 16))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(teacher_dir, tmp_path):

@@ -23,6 +23,7 @@ from jaxprune.data.batching import eval_batches
 from jaxprune.data.batching import num_eval_batches
 from jaxprune.data.batching import steps_per_epoch
 from jaxprune.data.batching import train_batches
+from jaxprune.data.batching import trim_padding
 from jaxprune.data.loading import augmented_dir
 from jaxprune.data.loading import ensure_augmented
 from jaxprune.data.loading import glue_dir
@@ -30,7 +31,6 @@ from jaxprune.data.loading import load_dev
 from jaxprune.data.loading import load_splits
 from jaxprune.data.loading import load_train
 from jaxprune.data.loading import read_split
-from jaxprune.data.loading import trim_padding
 from jaxprune.data.metrics import MetricAccumulator
 from jaxprune.data.metrics import compute_metrics
 from jaxprune.data.metrics import constant_baseline

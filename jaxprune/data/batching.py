@@ -127,6 +127,28 @@ def _take(data: Batch, rows: np.ndarray, weight: np.ndarray) -> Batch:
   return batch
 
 
+def batch_length(attention_mask: np.ndarray, multiple: int) -> int:
+  """The length a batch is cut to: its longest row rounded up to ``multiple``, at most the
+  full length. Computed from the GLOBAL batch, every process gets the same length."""
+  full = attention_mask.shape[1]
+  longest = int(attention_mask.sum(axis=1).max(initial=1))
+  return min(full, -(-longest // multiple) * multiple)
+
+
+def trim_padding(batch: Batch, multiple: int, length: int | None = None) -> Batch:
+  """Cuts the all-padding tail columns of a batch, keeping lengths a multiple of ``multiple``.
+
+  Few distinct lengths mean few compilations; short-sentence tasks (SST-2's median is 10
+  tokens) then run several times faster. ``multiple=0`` returns the batch unchanged;
+  ``length`` (from `batch_length` of the global batch) overrides this batch's own.
+  """
+  if not multiple:
+    return batch
+  if length is None:
+    length = batch_length(batch["attention_mask"], multiple)
+  return {k: v[:, :length] if v.ndim == 2 else v for k, v in batch.items()}
+
+
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   """Training batches per epoch: the last incomplete batch is dropped."""
   return num_examples // global_batch_size
@@ -165,7 +187,8 @@ def length_grouped_order(order: np.ndarray, lengths: np.ndarray, global_batch_si
 def train_batches(data: Batch, global_batch_size: int, *, seed: int,
                   state: IteratorState | None = None, num_epochs: int | None = None,
                   shuffle: bool = True, process_index: int = 0, process_count: int = 1,
-                  group_by_length: int = 0) -> Iterator[tuple[Batch, IteratorState]]:
+                  group_by_length: int = 0, trim_to: int = 0
+                  ) -> Iterator[tuple[Batch, IteratorState]]:
   """Yields ``(batch, state)`` training batches, ``state`` being where to resume after it.
 
   Each epoch is a fresh permutation drawn from ``(seed, epoch)``; the remainder that
@@ -183,6 +206,8 @@ def train_batches(data: Batch, global_batch_size: int, *, seed: int,
     process_count: number of processes (``jax.process_count()``).
     group_by_length: if > 0, batches of similar lengths (`length_grouped_order` over
       windows of this many batches; needs ``attention_mask`` in ``data``).
+    trim_to: if > 0, cut each batch's padding (`trim_padding`) to a length derived
+      from the whole global batch, so that every process cuts its rows the same way.
   """
   local = _local_size(global_batch_size, process_index, process_count)
   n = _num_examples(data)
@@ -204,7 +229,12 @@ def train_batches(data: Batch, global_batch_size: int, *, seed: int,
       start = position * global_batch_size + process_index * local
       following = (IteratorState(epoch, position + 1) if position + 1 < steps
                    else IteratorState(epoch + 1, 0))
-      yield _take(data, order[start:start + local], weight), following
+      batch = _take(data, order[start:start + local], weight)
+      if trim_to:
+        rows = order[position * global_batch_size:(position + 1) * global_batch_size]
+        batch = trim_padding(batch, trim_to,
+                             batch_length(data["attention_mask"][rows], trim_to))
+      yield batch, following
     epoch, first = epoch + 1, 0
 
 

@@ -1,5 +1,5 @@
-"""A run's GLUE data from its config: where the files are, the tokenized splits, the
-augmented training split (created on first use), and per-batch padding trim.
+"""A run's GLUE data from its config: where the files are, the tokenized splits and the
+augmented training split (created on first use).
 
 The trainer and the CLI call these; the readers (``readers.py``) and batching
 (``batching.py``) below them know nothing about configs.
@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from jaxprune import paths
 from jaxprune.data import batching
+from jaxprune.data.batching import trim_padding  # noqa: F401  (re-exported)
 from jaxprune.data import readers
 from jaxprune.data.tasks import DataError
 from jaxprune.data.tasks import TaskSpec
+from jaxprune.data.tasks import get_task
 
 __all__ = ["glue_dir", "read_split", "load_train", "load_dev", "load_splits",
            "augmented_dir", "ensure_augmented", "trim_padding"]
@@ -33,8 +38,18 @@ _STAMP = "augment.json"
 
 
 def glue_dir(config: Any) -> Path:
-  """The GLUE folder: config.glue_dir, else $JAXPRUNE_GLUE_DIR, else ../shared/data/glue."""
-  path = Path(config.glue_dir or os.environ.get("JAXPRUNE_GLUE_DIR", DEFAULT_GLUE_DIR))
+  """The GLUE folder: config.glue_dir, else $JAXPRUNE_GLUE_DIR, else ../shared/data/glue.
+
+  A ``gs://`` folder's ``<TASK>/`` files are downloaded (``jaxprune.paths.local_copy``)
+  and the local copy's parent is returned.
+  """
+  name = config.glue_dir or os.environ.get("JAXPRUNE_GLUE_DIR", DEFAULT_GLUE_DIR)
+  if paths.is_remote(name) and config.data_source == "tsv":
+    task = f"{str(name).rstrip('/')}/{get_task(config.task).name}"
+    if not paths.is_dir(task):
+      raise DataError(f"{task}: no such folder (expected the GLUE files of {config.task})")
+    return paths.local_copy(task).parent
+  path = Path(name)
   if config.data_source == "tsv" and not path.is_dir():
     raise DataError(
         f"{path}: no GLUE folder (expected <TASK>/train.tsv, dev.tsv as written by the GLUE "
@@ -47,7 +62,10 @@ def read_split(config: Any, spec: TaskSpec, split: str,
                aug_dir: str | os.PathLike | None = None) -> readers.Examples:
   """One split, from TFDS or the TSV files (``train_aug`` from ``aug_dir``)."""
   if split == "train_aug" and (aug_dir or config.aug_dir):
-    return readers.read_tsv(aug_dir or config.aug_dir, spec, split)
+    folder = str(aug_dir or config.aug_dir)
+    if paths.is_remote(folder):
+      folder = paths.local_copy(f"{folder.rstrip('/')}/{spec.name}").parent
+    return readers.read_tsv(folder, spec, split)
   if config.data_source == "tfds":
     return readers.read_tfds(spec, split)
   return readers.read_tsv(glue_dir(config), spec, split)
@@ -93,9 +111,9 @@ def load_splits(config: Any, spec: TaskSpec, tokenizer: Any, workdir: str | os.P
           load_dev(config, spec, tokenizer))
 
 
-def augmented_dir(config: Any, workdir: str | os.PathLike) -> Path:
+def augmented_dir(config: Any, workdir: str | os.PathLike):
   """Where a run's augmented split lives: ``config.aug_dir`` or ``<workdir>/augmented``."""
-  return Path(config.aug_dir or Path(workdir) / "augmented")
+  return paths.path(config.aug_dir or f"{str(workdir).rstrip('/')}/augmented")
 
 
 def ensure_augmented(config: Any, spec: TaskSpec, workdir: str | os.PathLike,
@@ -115,24 +133,10 @@ def ensure_augmented(config: Any, spec: TaskSpec, workdir: str | os.PathLike,
   if (out / spec.filename("train_aug")).is_file() and stamp.is_file():
     if json.loads(stamp.read_text()) == settings:
       return out
-  source = glue_dir(config)
-  augment.augment_task(source, spec, out, model=model, copies=settings["copies"],
-                       seed=settings["seed"], progress=progress)
-  tmp = stamp.with_suffix(".tmp")
-  tmp.write_text(json.dumps(settings) + "\n")
-  tmp.replace(stamp)
+  # The file and its stamp appear together, or not at all.
+  with paths.staged_dir(out / spec.name) as tmp, tempfile.TemporaryDirectory() as scratch:
+    augment.augment_task(glue_dir(config), spec, scratch, model=model,
+                         copies=settings["copies"], seed=settings["seed"], progress=progress)
+    shutil.move(Path(scratch) / spec.filename("train_aug"), tmp / "train_aug.tsv")
+    (tmp / _STAMP).write_text(json.dumps(settings) + "\n")
   return out
-
-
-def trim_padding(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
-  """Cuts the all-padding tail columns of a batch, keeping lengths a multiple of ``multiple``.
-
-  Few distinct lengths mean few compilations; short-sentence tasks (SST-2's median is 10
-  tokens) then run several times faster. ``multiple=0`` returns the batch unchanged.
-  """
-  if not multiple:
-    return batch
-  full = batch["input_ids"].shape[1]
-  longest = int(batch["attention_mask"].sum(axis=1).max(initial=1))
-  length = min(full, -(-longest // multiple) * multiple)
-  return {k: v[:, :length] if v.ndim == 2 else v for k, v in batch.items()}

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxprune import masks as masks_lib
+from jaxprune import paths
 from jaxprune.errors import ArtifactError
 from jaxprune.export import codec
 from jaxprune.export import patterns
@@ -161,8 +162,8 @@ def _size_report(header: dict[str, Any], file_bytes: int) -> SizeReport:
 # ------------------------------------------------------------------------------ write
 
 
-def _artifact_path(path: str | os.PathLike) -> Path:
-  p = Path(path)
+def _artifact_path(path: str | os.PathLike):
+  p = paths.path(path)
   return p / ARTIFACT_NAME if p.is_dir() else p
 
 
@@ -242,16 +243,10 @@ def export_sparse(params: Any, masks: Any | None, out: str | os.PathLike,
       "tensors": entries,
       "crc32": {name: codec.crc32(arr) for name, arr in tensors.items()},
   }
-  path = _artifact_path(out)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  try:
+  with paths.staged_file(_artifact_path(out)) as tmp:
     save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
-  return _size_report(header, path.stat().st_size)
+    size = tmp.stat().st_size
+  return _size_report(header, size)
 
 
 # ------------------------------------------------------------------------------- read

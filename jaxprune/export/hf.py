@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from jaxprune import masks as masks_lib
+from jaxprune import paths
 from jaxprune.errors import PatternError
 from jaxprune.export import artifact
 from jaxprune.export import codec
@@ -70,8 +71,8 @@ def _export_semi_structured(params: Any, masks: Any | None, config: bert.BertCon
   convert.export_hf(convert.unflatten(cast), config, out, tokenizer_from=tokenizer_from)
   manifest = {"format": "jaxprune-2:4", "version": artifact.VERSION, "pattern": "2:4",
               "dtype": value_dtype, "matrices": matrices}
-  (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-  return out
+  paths.write_text(paths.path(out) / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+  return paths.path(out)
 
 
 def export_model(params: Any, masks: Any | None, config: bert.BertConfig,
@@ -103,7 +104,6 @@ def export_model(params: Any, masks: Any | None, config: bert.BertConfig,
     export_model(params, masks, config, "out", format="sparse",
                  tokenizer_from="minilm-l6", value_dtype="float16")
   """
-  out = Path(out)
   if format == "hf":
     return export_hf(params, config, out, tokenizer_from=tokenizer_from, masks=masks)
   if format == "2:4":
@@ -111,10 +111,10 @@ def export_model(params: Any, masks: Any | None, config: bert.BertConfig,
                                    value_dtype or "float16")
   if format != "sparse":
     raise ValueError(f"format {format!r}; expected one of {FORMATS}")
-  with convert.atomic_directory(out) as tmp:
+  with paths.staged_dir(out) as tmp:
     artifact.export_sparse(params, masks, tmp / artifact.ARTIFACT_NAME,
                            value_dtype or "float32", config=config)
     (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
     if tokenizer_from is not None:
       convert.copy_tokenizer(tokenizer_from, tmp)
-  return out
+  return paths.path(out)

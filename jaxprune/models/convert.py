@@ -27,12 +27,13 @@ import jax
 import numpy as np
 
 from jaxprune import masks as masks_lib
+from jaxprune import paths
 from jaxprune.errors import CheckpointError
 from jaxprune.models import bert
 from jaxprune.models import hub
 
 __all__ = ["CheckpointError", "from_pretrained", "from_config", "export_hf", "hf_to_flax",
-           "flax_to_hf", "flatten", "unflatten", "atomic_directory", "copy_tokenizer"]
+           "flax_to_hf", "flatten", "unflatten", "copy_tokenizer"]
 
 log = logging.getLogger(__name__)
 
@@ -219,25 +220,6 @@ def from_config(name_or_path: str | os.PathLike, num_labels: int | None = None,
   return model, bert.init_params(model, jax.random.key(seed)), config
 
 
-@contextlib.contextmanager
-def atomic_directory(out: str | os.PathLike):
-  """Yields a temporary sibling of ``out`` that replaces ``out`` only if the block
-  succeeds, so a failed export leaves nothing half-written."""
-  out = Path(out)
-  tmp = out.with_name(out.name + ".tmp-export")
-  if tmp.exists():
-    shutil.rmtree(tmp)
-  tmp.mkdir(parents=True)
-  try:
-    yield tmp
-    if out.exists():
-      shutil.rmtree(out)
-    tmp.rename(out)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp)
-
-
 def copy_tokenizer(name_or_path: str | os.PathLike, out_dir: Path) -> None:
   """Copies a checkpoint's tokenizer files into ``out_dir``."""
   src = hub.resolve(name_or_path)
@@ -247,24 +229,24 @@ def copy_tokenizer(name_or_path: str | os.PathLike, out_dir: Path) -> None:
 
 
 def export_hf(params: Any, config: bert.BertConfig, out_dir: str | os.PathLike,
-              tokenizer_from: str | os.PathLike | None = None) -> Path:
-  """Writes params as an HF ``BertForSequenceClassification`` directory.
+              tokenizer_from: str | os.PathLike | None = None):
+  """Writes params as an HF ``BertForSequenceClassification`` directory (local or gs://).
 
   Writes ``config.json`` and ``model.safetensors`` (float32 unless the params are
   another float dtype; metadata ``format=pt``), plus the tokenizer files of
   ``tokenizer_from`` (a name or directory) if given. Files are written to a temporary
-  directory first and moved into place, so a failed export leaves nothing half-written.
+  directory first and published when complete (``jaxprune.paths.staged_dir``), so a
+  failed export leaves nothing half-written.
 
   Returns:
     The output directory.
   """
   from safetensors.numpy import save_file
 
-  out = Path(out_dir)
   state = flax_to_hf(params)
-  with atomic_directory(out) as tmp:
+  with paths.staged_dir(out_dir) as tmp:
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
     if tokenizer_from is not None:
       copy_tokenizer(tokenizer_from, tmp)
-  return out
+  return paths.path(out_dir)

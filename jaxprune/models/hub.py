@@ -22,6 +22,7 @@ import importlib
 import os
 from pathlib import Path
 
+from jaxprune import paths
 from jaxprune.errors import ModelNotFoundError
 
 __all__ = ["ALIASES", "ModelNotFoundError", "resolve", "run_model_dir", "load_tokenizer"]
@@ -74,6 +75,11 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     ModelNotFoundError: with one line saying what was tried and how to fix it.
   """
   name = str(name_or_path)
+  if paths.is_remote(name):  # gs://...: checked there, then read from a local copy
+    if not paths.is_file(f"{name.rstrip('/')}/config.json"):
+      raise ModelNotFoundError(f"{name}: no config.json (expected a Hugging Face BERT "
+                               "directory)")
+    return paths.local_copy(name)
   path = Path(name).expanduser()
   if path.is_dir():
     if not (path / "config.json").is_file():
@@ -93,12 +99,12 @@ def run_model_dir(name_or_path: str | os.PathLike) -> str | Path:
 
   Example: ``from_pretrained(run_model_dir("runs/rte-teacher"))``.
   """
-  path = Path(name_or_path)
+  path = paths.path(name_or_path)
   if (path / "hf" / "config.json").is_file():
     return path / "hf"
   if (path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file():
-    raise ModelNotFoundError(f"run workdir {path} has no hf/ export: its run has not "
-                             "finished")
+    raise ModelNotFoundError(f"run workdir {name_or_path} has no hf/ export: its run has "
+                             "not finished")
   return name_or_path
 
 

@@ -1,0 +1,136 @@
+"""gs:// work directories against a GCS JSON API on 127.0.0.1 (gcp-storage-emulator),
+through the same gcsfs / epath / tensorstore stack a TPU-pod run uses.
+
+Files are published only when complete, remote folders are read through a local copy,
+and the tiny finetune -> prune -> eval -> export chain with every path in the bucket
+(the teacher read from there too) scores and exports exactly as with local folders; a
+run killed with SIGKILL resumes from the bucket.
+"""
+
+import json
+import signal
+import time
+
+import jax
+import orbax.checkpoint as ocp
+import pytest
+from etils import epath
+
+from jaxprune import paths
+from test_trainer import _cli, assert_same_states, interrupt
+
+ARGS = ["--config=configs/tiny.py:steps=16,sparsity=0.8"]
+
+
+def test_paths_write_publish_and_read_back(gcs_bucket, tmp_path):
+  root = f"{gcs_bucket}/paths"
+  paths.write_text(f"{root}/a/summary.json", '{"x": 1}')
+  assert paths.read_text(f"{root}/a/summary.json") == '{"x": 1}'
+  with paths.staged_dir(f"{root}/hf") as tmp:
+    (tmp / "config.json").write_text("{}")
+    (tmp / "sub").mkdir()
+    (tmp / "sub" / "w.bin").write_bytes(b"\x00\x01")
+    assert not paths.exists(f"{root}/hf/config.json")  # nothing visible before the end
+  with pytest.raises(RuntimeError):
+    with paths.staged_dir(f"{root}/broken") as tmp:
+      (tmp / "config.json").write_text("{}")
+      raise RuntimeError("export failed half way")
+  assert not paths.exists(f"{root}/broken")
+  local = paths.local_copy(f"{root}/hf")
+  assert (local / "config.json").read_text() == "{}"
+  assert (local / "sub" / "w.bin").read_bytes() == b"\x00\x01"
+  with pytest.raises(FileNotFoundError, match="no such file"):
+    paths.local_copy(f"{root}/missing")
+
+
+def test_metrics_on_gcs_are_uploaded_on_flush_and_continued_on_resume(gcs_bucket):
+  from jaxprune import report
+  workdir = f"{gcs_bucket}/metrics-run"
+  with report.MetricWriter(workdir) as w:
+    w.write(1, {"loss": 1.0})
+    w.flush()
+    assert [r["step"] for r in report.read_metrics(f"{workdir}/metrics.jsonl")] == [1]
+    w.write(2, {"loss": 0.5})
+  with report.MetricWriter(workdir) as w:  # a resumed run appends to what is there
+    w.write(3, {"loss": 0.25})
+  rows = report.read_metrics(f"{workdir}/metrics.jsonl")
+  assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 0.5), (3, 0.25)]
+  assert paths.files(f"{workdir}/tb")  # TensorBoard events are uploaded too
+
+
+def test_hf_export_to_gcs_loads_back_as_a_teacher(gcs_bucket, minilm_dir):
+  import numpy as np
+  from jaxprune import models, trainer
+  model, params, config = models.from_config("minilm-l6", num_labels=2, seed=0,
+                                             num_hidden_layers=1, hidden_size=32,
+                                             num_attention_heads=4, intermediate_size=64)
+  run = f"{gcs_bucket}/teacher-run"
+  paths.write_text(f"{run}/metrics.jsonl", "")  # a run workdir...
+  with pytest.raises(models.ModelNotFoundError, match="has no hf/ export"):
+    trainer.load_teacher(run, 2)  # ...whose run has not finished
+  models.export_hf(params, config, f"{run}/hf", tokenizer_from="minilm-l6")
+  _, loaded, loaded_config = trainer.load_teacher(run, 2)
+  assert loaded_config.hidden_size == 32
+  flat_a, flat_b = models.convert.flatten(params), models.convert.flatten(loaded)
+  assert flat_a.keys() == flat_b.keys()
+  for k in flat_a:
+    np.testing.assert_array_equal(np.asarray(flat_a[k]), np.asarray(flat_b[k]), err_msg=k)
+
+
+def _run(mode: str, workdir: str, *extra: str):
+  result = _cli(f"--mode={mode}", *ARGS, f"--workdir={workdir}", *extra)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def _summary(workdir: str) -> dict:
+  return json.loads(paths.read_text(f"{workdir}/summary.json"))
+
+
+@pytest.fixture(scope="module")
+def local_and_gcs_runs(gcs_bucket, glue_dir, minilm_dir, tmp_path_factory):
+  """The same chain twice, in local folders and in the bucket; prints both times."""
+  runs, seconds = {}, {}
+  for where, root in (("local", str(tmp_path_factory.mktemp("local"))),
+                      ("gcs", f"{gcs_bucket}/chain")):
+    t0 = time.time()
+    _run("finetune", f"{root}/teacher")
+    _run("prune", f"{root}/student", f"--config.teacher={root}/teacher")
+    seconds[where] = time.time() - t0
+    runs[where] = root
+  print(f"\ntiny finetune + prune (2 x 16 steps): local {seconds['local']:.1f} s, "
+        f"gs:// {seconds['gcs']:.1f} s")
+  return runs
+
+
+def test_chain_on_gcs_scores_and_exports_exactly_as_local(local_and_gcs_runs):
+  local, gcs = local_and_gcs_runs["local"], local_and_gcs_runs["gcs"]
+  for run in ("teacher", "student"):
+    a, b = _summary(f"{local}/{run}"), _summary(f"{gcs}/{run}")
+    assert a["selected"] == b["selected"] and a["teacher_scores"] == b["teacher_scores"]
+    for name in ("hf/model.safetensors", "hf/config.json", "model.sparse.safetensors"):
+      assert (epath.Path(f"{local}/{run}/{name}").read_bytes()
+              == epath.Path(f"{gcs}/{run}/{name}").read_bytes()), (run, name)
+    for name in ("metrics.jsonl", "run.png", "hf/vocab.txt"):
+      assert paths.is_file(f"{gcs}/{run}/{name}"), name
+  evals = [json.loads(_run("eval", f"{w}/student").stdout)["dev"] for w in (local, gcs)]
+  assert evals[0] == evals[1] == _summary(f"{gcs}/student")["selected"]["scores"]
+  for w in (local, gcs):
+    _run("export", f"{w}/student", "--format=sparse", f"--out={w}/export")
+  assert (epath.Path(f"{gcs}/export/model.sparse.safetensors").read_bytes()
+          == epath.Path(f"{local}/export/model.sparse.safetensors").read_bytes())
+
+
+def _state(workdir: str, step: int):
+  state = ocp.StandardCheckpointer().restore(epath.Path(f"{workdir}/checkpoints/{step}/state"))
+  return jax.tree_util.tree_flatten_with_path(state)[0]
+
+
+def test_sigkill_and_resume_from_gcs(local_and_gcs_runs, gcs_bucket):
+  local, gcs = local_and_gcs_runs["local"], local_and_gcs_runs["gcs"]
+  args = ["--mode=prune", *ARGS, f"--config.teacher={gcs}/teacher"]
+  killed = f"{gcs_bucket}/killed"
+  interrupt(args, killed, signal.SIGKILL, after_step=6)
+  resumed = _cli(*args, f"--workdir={killed}")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert_same_states(_state(f"{local}/student", 16), _state(killed, 16))
