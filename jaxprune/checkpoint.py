@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import threading
+import weakref
 from typing import Any
 
 import jax
@@ -97,7 +98,14 @@ def abstract(tree: Any) -> Any:
 
 
 class Checkpointer:
-  """Keeps the last ``keep`` checkpoints of a run under ``directory``."""
+  """Keeps the last ``keep`` checkpoints of a run under ``directory``.
+
+  Saves of different Checkpointers never overlap (a save first waits for the others'):
+  on several processes orbax's async saves agree through barriers whose names would
+  collide.
+  """
+
+  _open: "weakref.WeakSet[Checkpointer]" = weakref.WeakSet()
 
   def __init__(self, directory: str | os.PathLike, keep: int = 2, async_save: bool = True):
     self.directory = paths.path(directory)
@@ -108,6 +116,7 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
         item_names=("state", "meta"))
+    Checkpointer._open.add(self)
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -118,6 +127,9 @@ class Checkpointer:
     A checkpoint already at ``step`` (left by a run killed before it recorded it
     elsewhere) is replaced.
     """
+    for other in list(Checkpointer._open):
+      if other is not self:
+        other.wait()
     if step in self._manager.all_steps():
       self._manager.wait_until_finished()
       self._manager.delete(step)
@@ -158,5 +170,6 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
+    Checkpointer._open.discard(self)
     self._manager.wait_until_finished()
     self._manager.close()

@@ -159,6 +159,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.coordinator_address = ""
   config.num_processes = 1
   config.process_id = 0
+  # Seconds without a heartbeat after which the other processes give up on a dead one.
+  config.heartbeat_timeout = 100
   return config
 
 

@@ -75,7 +75,10 @@ def main(argv: list[str]) -> None:
   except Preempted as e:  # SIGTERM/SIGINT: saved; the same command resumes
     print(f"jaxprune: {e}", file=sys.stderr)
     sys.exit(PREEMPTED_EXIT_CODE)
-  if summary is not None:
+  jax = sys.modules.get("jax")
+  if jax is not None and jax.process_count() > 1:
+    jax.distributed.shutdown()  # every process leaves together
+  if summary is not None and (jax is None or jax.process_index() == 0):
     print(summary)
 
 

@@ -78,7 +78,8 @@ RULES: tuple[tuple[str, str | None], ...] = (
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 1,
                            process_id: int = 0,
-                           local_device_ids: Sequence[int] | None = None) -> bool:
+                           local_device_ids: Sequence[int] | None = None,
+                           heartbeat_timeout: int = 100) -> bool:
   """Joins a multi-process run when a coordinator is configured; else does nothing.
 
   ``coordinator_address="auto"`` lets JAX find the coordinator and process ids itself (on
@@ -93,10 +94,11 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 1
       raise ValueError(f"num_processes={num_processes} needs a coordinator_address")
     return False
   if coordinator_address == "auto":
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout)
   else:
     jax.distributed.initialize(coordinator_address, num_processes=num_processes,
-                               process_id=process_id, local_device_ids=local_device_ids)
+                               process_id=process_id, local_device_ids=local_device_ids,
+                               heartbeat_timeout_seconds=heartbeat_timeout)
   if jax.process_index() != 0:
     make_record, prefix = logging.getLogRecordFactory(), f"[process {jax.process_index()}] "
 

@@ -122,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   # --- set-up: config, models, data, recipe, placement
   config_lib.validate(config, mode)
   sharding.initialize_distributed(config.coordinator_address, config.num_processes,
-                                  config.process_id)
+                                  config.process_id, heartbeat_timeout=config.heartbeat_timeout)
   workdir = paths.path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   lead = jax.process_index() == 0
