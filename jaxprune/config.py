@@ -270,14 +270,7 @@ def validate(config: ml_collections.ConfigDict, mode: str) -> None:
   if config.keep_checkpoints < 1:
     raise ConfigError(f"keep_checkpoints={config.keep_checkpoints}: expected >= 1")
   recipe.one_of("mode", mode, ("finetune", "prune"))
-  try:
-    recipe.check(config, mode)
-  except ConfigError as e:
-    section = "finetune" if mode == "finetune" else "train"
-    message = str(e)
-    if message.startswith(("optimizer=", "lr=", "warmup_ratio=")):
-      message = f"{section}.{message}"
-    raise ConfigError(message) from None
+  recipe.check(config, mode)
   if mode == "prune" and config.method != "prune_labels" and not config.teacher:
     raise ConfigError("mode=prune needs a teacher: --config.teacher=<finetune workdir "
                       "or fine-tuned HF checkpoint>")

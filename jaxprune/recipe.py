@@ -125,14 +125,15 @@ def sparsity_schedule(prune: ml_collections.ConfigDict,
     raise ConfigError(f"prune: {e}") from None
 
 
-def optimizer(section: ml_collections.ConfigDict, total_steps: int
+def optimizer(section: ml_collections.ConfigDict, total_steps: int, name: str = "train"
               ) -> tuple[optax.GradientTransformation, optax.ScalarOrSchedule]:
-  """The dense optimizer of a training section and its learning rate."""
-  one_of("optimizer", section.optimizer, OPTIMIZERS)
+  """The dense optimizer of a training section (``config.<name>``) and its learning rate."""
+  one_of(f"{name}.optimizer", section.optimizer, OPTIMIZERS)
   if not section.lr > 0:
-    raise ConfigError(f"lr={section.lr}: expected > 0")
+    raise ConfigError(f"{name}.lr={section.lr}: expected > 0")
   if not 0.0 <= section.warmup_ratio < 1.0:
-    raise ConfigError(f"warmup_ratio={section.warmup_ratio}: expected a value in [0, 1)")
+    raise ConfigError(f"{name}.warmup_ratio={section.warmup_ratio}: expected a value in "
+                      "[0, 1)")
   if section.optimizer == "bert_adam":
     tx = optim.bert_adam(section.lr, weight_decay=section.weight_decay,
                          max_grad_norm=section.clip_norm)
@@ -175,12 +176,13 @@ def _until(value: float, boundary: int) -> optax.Schedule:
 
 
 def make_optimizer(section: ml_collections.ConfigDict, total_steps: int,
-                   prune: ml_collections.ConfigDict | None = None, prunes: bool = False
+                   prune: ml_collections.ConfigDict | None = None, prunes: bool = False,
+                   name: str = "train"
                    ) -> tuple[optax.GradientTransformation, optax.ScalarOrSchedule,
                               schedules.SparsitySchedule | None]:
   """The optimizer of a run, its learning rate and (when ``prunes``) sparsity schedule;
   pruning runs end the chain with ``prune_by_magnitude`` configured by ``prune``."""
-  tx, lr = optimizer(section, total_steps)
+  tx, lr = optimizer(section, total_steps, name)
   if not prunes:
     return tx, lr, None
   sched = sparsity_schedule(prune, total_steps)
@@ -197,8 +199,8 @@ def build(config: ml_collections.ConfigDict, mode: str, total_steps: int) -> Rec
   from jaxprune import train
 
   distills, prunes = train.MODES[smode]
-  section = config.finetune if mode == "finetune" else config.train
-  tx, lr, sched = make_optimizer(section, total_steps, config.prune, prunes)
+  name = "finetune" if mode == "finetune" else "train"
+  tx, lr, sched = make_optimizer(config[name], total_steps, config.prune, prunes, name)
   weights = kd_weights(config.distill, total_steps) if distills else distill.KDWeights()
   return Recipe(smode, tx, lr, sched, prune_where(config.prune.where), weights)
 
