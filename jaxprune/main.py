@@ -75,6 +75,12 @@ def main(argv: list[str]) -> None:
   except Preempted as e:  # SIGTERM/SIGINT: saved; the same command resumes
     print(f"jaxprune: {e}", file=sys.stderr)
     sys.exit(PREEMPTED_EXIT_CODE)
+  except Exception as e:  # a collective that failed because another process died
+    jax = sys.modules.get("jax")
+    if jax is None or jax.process_count() == 1 or not isinstance(e, jax.errors.JaxRuntimeError):
+      raise
+    from jaxprune.sharding import exit_peer_lost
+    exit_peer_lost(str(e).splitlines()[0] if str(e) else type(e).__name__)
   jax = sys.modules.get("jax")
   if jax is not None and jax.process_count() > 1:
     jax.distributed.shutdown()  # every process leaves together

@@ -28,6 +28,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -47,12 +49,14 @@ __all__ = [
     "batch_sharding",
     "create_sharded_state",
     "global_batch",
+    "exit_peer_lost",
     "initialize_distributed",
     "jit_eval_step",
     "jit_train_step",
     "make_mesh",
     "mirror_shardings",
     "param_shardings",
+    "PEER_LOST_EXIT_CODE",
     "Placement",
     "place_run",
     "put",
@@ -76,6 +80,29 @@ RULES: tuple[tuple[str, str | None], ...] = (
 )
 
 
+# Exit status of a process whose run lost another process (documented in the README).
+PEER_LOST_EXIT_CODE = 4
+
+
+def exit_peer_lost(reason: str) -> None:
+  """Ends this process at once, with one line: another process of the run died or hangs.
+
+  ``main`` calls it when a collective fails in a multi-process run (the peer's
+  connection broke: it died). Neither an exception nor a normal exit would do: JAX's
+  exit path waits on a shutdown barrier that the lost process never reaches, then
+  aborts with a C++ stack trace. The checkpoints already written stay valid.
+
+  Example: ``exit_peer_lost("Gloo all-reduce failed: connection reset by peer")``.
+  """
+  reason = " ".join(str(reason).split())
+  reason = reason if len(reason) <= 200 else reason[:197] + "..."
+  sys.stderr.write(f"jaxprune: error: process {jax.process_index()}: lost another process "
+                   f"of the run ({reason}); re-run the same command on every host to resume "
+                   "from the last checkpoint\n")
+  sys.stderr.flush()
+  os._exit(PEER_LOST_EXIT_CODE)
+
+
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 1,
                            process_id: int = 0,
                            local_device_ids: Sequence[int] | None = None,
@@ -84,8 +111,10 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 1
 
   ``coordinator_address="auto"`` lets JAX find the coordinator and process ids itself (on
   a TPU pod slice, every worker runs the same command). Log lines of every process but
-  the first are then prefixed with ``[process i]``. Must run before anything else
-  touches jax devices. Returns whether it initialized.
+  the first are then prefixed with ``[process i]``. A process that stops sending
+  heartbeats for ``heartbeat_timeout`` seconds (it hangs, or died without breaking a
+  connection) makes JAX end the others. Must run before anything else touches jax
+  devices. Returns whether it initialized.
 
   Example: ``initialize_distributed("127.0.0.1:12345", num_processes=2, process_id=0)``.
   """

@@ -8,9 +8,13 @@ devices of a process. Both must end with the single-device run's losses and para
 
 import json
 import os
+import random
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,7 @@ import pytest
 
 import multiprocess_worker as worker
 from test_sharding import assert_matches_reference, launch_worker, load, wait
+from test_sharding import logs as test_sharding_logs
 
 MESH = "2x2"
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,41 +81,123 @@ def _checkpoint(workdir: Path, step: int) -> dict:
           for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
 
 
-@pytest.mark.slow
-def test_whole_prune_run_on_two_processes_matches_one_with_padding_trim(tmp_path, glue_dir,
-                                                                        minilm_dir):
-  """The CLI's tiny prune job, padding trim and length grouping on: 2 processes x 2 CPU
-  devices on 127.0.0.1 against 1 process x 4 devices."""
-  steps = 12
-  base = ["--config=configs/tiny.py:steps=12,sparsity=0.8", "--config.trim_padding_to=8",
-          "--config.group_by_length=2"]
-  teacher = tmp_path / "teacher"
-  wait([_start(["--mode=finetune", *base, f"--workdir={teacher}"], 1,
-               tmp_path / "teacher.log")], tmp_path)
-  args = ["--mode=prune", *base, f"--config.teacher={teacher}"]
-  one = _start([*args, f"--workdir={tmp_path / 'one'}"], 4, tmp_path / "one.log")
-  wait([one], tmp_path)
+STEPS = 12
+BASE = ["--config=configs/tiny.py:steps=12,sparsity=0.8", "--config.trim_padding_to=8",
+        "--config.group_by_length=2"]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory, glue_dir, minilm_dir):
+  """A teacher, then the tiny prune job (padding trim and length grouping on) as 1
+  process x 4 CPU devices: the reference the 2-process runs must match."""
+  tmp = tmp_path_factory.mktemp("one_process")
+  teacher = tmp / "teacher"
+  wait([_start(["--mode=finetune", *BASE, f"--workdir={teacher}"], 1, tmp / "teacher.log")],
+       tmp)
+  args = ["--mode=prune", *BASE, f"--config.teacher={teacher}"]
+  wait([_start([*args, f"--workdir={tmp / 'one'}"], 4, tmp / "one.log")], tmp)
+  return args, _checkpoint(tmp / "one", STEPS)
+
+
+def _two_processes(args: list[str], workdir: Path, logs: Path) -> list[subprocess.Popen]:
   coordinator = f"127.0.0.1:{free_port()}"
-  logs = [tmp_path / f"two_{i}.log" for i in range(2)]
-  procs = [_start([*args, f"--workdir={tmp_path / 'two'}",
-                   f"--config.coordinator_address={coordinator}",
-                   "--config.num_processes=2", f"--config.process_id={i}"], 2, logs[i])
-           for i in range(2)]
-  wait(procs, tmp_path)
-  a, b = _checkpoint(tmp_path / "one", steps), _checkpoint(tmp_path / "two", steps)
+  return [_start([*args, f"--workdir={workdir}", f"--config.coordinator_address={coordinator}",
+                  "--config.num_processes=2", f"--config.process_id={i}"], 2,
+                 logs / f"{workdir.name}_{i}.log") for i in range(2)]
+
+
+def _train_rows(workdir: Path) -> list[dict]:
+  metrics = workdir / "metrics.jsonl"
+  if not metrics.is_file():
+    return []
+  return [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "train"]
+
+
+def _wait_for_step(procs: list[subprocess.Popen], workdir: Path, step: int, logs: Path) -> None:
+  deadline = time.time() + 300
+  while not any(r["step"] >= step for r in _train_rows(workdir)):
+    if time.time() > deadline or any(p.poll() is not None for p in procs):
+      for p in procs:
+        p.kill()
+      pytest.fail(f"no step {step} in {workdir}/metrics.jsonl:\n" + test_sharding_logs(logs))
+    time.sleep(0.05)
+
+
+def assert_matches_one_process(a: dict, b: dict) -> None:
+  """Final masks identical; params within 1e-5 and Adam moments within 1e-4 (relative)."""
   assert a.keys() == b.keys()
   masks = [k for k in a if "masks" in k]
   assert masks
   for k in a:
     if np.issubdtype(a[k].dtype, np.floating):  # relative to the leaf's norm
-      # Params within 1e-5; Adam moments looser: the embedding gradients are sums in
-      # another order on 2 processes (observed up to 2e-5 relative on the word embeddings).
+      # Adam moments looser: the embedding gradients are sums in another order on 2
+      # processes (observed up to 2e-5 relative on the word embeddings).
       relative = np.linalg.norm(b[k] - a[k]) / max(np.linalg.norm(a[k]), 1e-30)
       assert relative <= (1e-5 if k.startswith("['params']") else 1e-4), (k, relative)
     else:  # masks, counters
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_whole_prune_run_on_two_processes_matches_one_with_padding_trim(one_process_run,
+                                                                        tmp_path):
+  """The CLI's tiny prune job, padding trim and length grouping on: 2 processes x 2 CPU
+  devices on 127.0.0.1 against 1 process x 4 devices."""
+  args, reference = one_process_run
+  wait(_two_processes(args, tmp_path / "two", tmp_path), tmp_path)
+  assert_matches_one_process(reference, _checkpoint(tmp_path / "two", STEPS))
   summary = json.loads((tmp_path / "two" / "summary.json").read_text())
   assert summary["processes"] == 2 and summary["devices"] == 4
-  assert "[process 1]" in logs[1].read_text() or "[process 1]" not in logs[0].read_text()
-  rows = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").open()]
-  assert len([r for r in rows if r["kind"] == "train"]) == steps  # process 0 writes, once
+  logs = [(tmp_path / f"two_{i}.log").read_text() for i in range(2)]
+  assert "[process 1]" in logs[1] or "[process 1]" not in logs[0]
+  assert len(_train_rows(tmp_path / "two")) == STEPS  # process 0 writes, once
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_matches(
+    one_process_run, tmp_path):
+  """A preemption notice that reaches only process 1: both save the same step, say so,
+  exit with 75; the same command resumes and ends where the 1-process run ended."""
+  args, reference = one_process_run
+  workdir = tmp_path / "two"
+  procs = _two_processes(args, workdir, tmp_path)
+  _wait_for_step(procs, workdir, random.Random(os.getpid()).randint(3, 8), tmp_path)
+  procs[1].send_signal(signal.SIGTERM)
+  for p in procs:
+    p.wait(timeout=300)
+  assert [p.returncode for p in procs] == [75, 75], test_sharding_logs(tmp_path)
+  said = [re.findall(r"preempted at step (\d+); re-run", (tmp_path / f"two_{i}.log").read_text())
+          for i in range(2)]
+  assert said[0] == said[1] and len(said[0]) == 1, said
+  step = int(said[0][0])
+  assert step < STEPS, "the run finished before it was interrupted"
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").open()]
+  assert [r["step"] for r in rows if r["kind"] == "preempted"] == [step]
+  assert (workdir / "checkpoints" / str(step)).is_dir()
+  wait(_two_processes(args, workdir, tmp_path), tmp_path)
+  assert_matches_one_process(reference, _checkpoint(workdir, STEPS))
+
+
+@pytest.mark.slow
+def test_killing_one_process_ends_the_other_with_one_line(tmp_path, glue_dir, minilm_dir):
+  """SIGKILL on process 1 mid-run: process 0 does not hang in the next collective; it
+  exits within seconds with PEER_LOST_EXIT_CODE and one ``jaxprune: error:`` line."""
+  from jaxprune.sharding import PEER_LOST_EXIT_CODE
+  workdir = tmp_path / "run"
+  procs = _two_processes(["--mode=finetune", "--config=configs/tiny.py:steps=400",
+                          "--config.heartbeat_timeout=10"], workdir, tmp_path)
+  _wait_for_step(procs, workdir, 2, tmp_path)
+  procs[1].kill()
+  start = time.time()
+  try:
+    procs[0].wait(timeout=60)
+  except subprocess.TimeoutExpired:
+    procs[0].kill()
+    pytest.fail("process 0 still runs 60 s after process 1 was killed")
+  assert procs[0].returncode == PEER_LOST_EXIT_CODE, test_sharding_logs(tmp_path)
+  assert time.time() - start < 30
+  lines = [l for l in re.split(r"[\r\n]", (tmp_path / "run_0.log").read_text()) if l.strip()]
+  errors = [l[l.index("jaxprune:"):] for l in lines if "jaxprune:" in l]
+  assert len(errors) == 1 and errors[0] == lines[-1][lines[-1].index("jaxprune:"):], lines[-5:]
+  assert errors[0].startswith("jaxprune: error: process 0: lost another process of the run")
+  assert "re-run the same command" in errors[0]
