@@ -25,8 +25,8 @@ from typing import Any, Iterable, Sequence
 
 from jaxprune import paths
 
-__all__ = ["MetricWriter", "read_metrics", "plot_run", "smooth", "table", "layer_sparsity",
-           "sparsity_summary", "baseline_warnings", "publish_run"]
+__all__ = ["LOSS_TERMS", "MetricWriter", "read_metrics", "plot_run", "smooth", "table",
+           "layer_sparsity", "sparsity_summary", "baseline_warnings", "publish_run"]
 
 # The loss terms a distillation step logs, in plotting order.
 LOSS_TERMS = ("attention_loss", "hidden_loss", "prediction_loss", "labels_loss")
@@ -123,10 +123,8 @@ def plot_run(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
              metric: str | None = None, title: str = "") -> Path | None:
   """Plots the training loss with each distillation term (smoothed, so a swamped term
   shows at a glance), sparsity and the dev metric over steps; None without matplotlib."""
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+  try:  # a Figure of its own: pyplot's global backend and figures are left alone
+    from matplotlib.figure import Figure
   except ImportError:
     return None
   rows = read_metrics(metrics_path)
@@ -134,7 +132,8 @@ def plot_run(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
   evals = [r for r in rows if r.get("kind") == "eval"]
   if metric is None and evals:
     metric = next((k for k in evals[-1] if k not in ("step", "kind", "loss")), None)
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  fig = Figure(figsize=(13, 3.6))
+  axes = fig.subplots(1, 3)
   steps = [r["step"] for r in train]
   for name in ("loss", *LOSS_TERMS):
     values = [r.get(name) for r in train]
@@ -156,7 +155,6 @@ def plot_run(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
   fig.tight_layout()
   with paths.staged_file(out_png) as tmp:
     fig.savefig(tmp, dpi=110, format="png")
-  plt.close(fig)
   return paths.path(out_png)
 
 

@@ -1,0 +1,217 @@
+"""The Colab notebooks (colab/*.ipynb): executed in smoke mode, committed without outputs,
+in sync with their jupytext py:percent sources, with a badge and a parameters cell.
+
+Each ``colab/<name>.py`` (py:percent) is the source of ``colab/<name>.ipynb``; after
+editing it, regenerate the notebook with ``jupytext --to ipynb colab/<name>.py``.
+
+The execution tests run every notebook with nbclient in a kernel of this interpreter
+(a kernelspec written for the test, so a ``python3`` kernel registered elsewhere on the
+machine is never picked), papermill style: a cell injected after the ``parameters``
+cell sets ``SMOKE = True`` (and ``SOURCE = "offline"``). A cell put first refuses any
+connection off this machine, so a notebook that reaches for the network fails here.
+"""
+
+import ast
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import GLUE_DIR
+
+nbformat = pytest.importorskip("nbformat", reason="needs the test extra (nbformat)")
+jupytext = pytest.importorskip("jupytext", reason="needs the test extra (jupytext)")
+
+ROOT = Path(__file__).resolve().parents[1]
+COLAB = ROOT / "colab"
+NOTEBOOKS = sorted(COLAB.glob("*.ipynb"))
+IDS = [p.stem for p in NOTEBOOKS]
+BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+KERNEL = "jaxprune-notebook-test"
+
+# What smoke runs set in the parameters (only names the notebook's parameters cell has).
+SMOKE_PARAMETERS = {"SMOKE": True, "SOURCE": "offline"}
+
+# Put first in every executed notebook: no connection leaves the machine.
+NO_NETWORK = '''\
+import socket as _socket
+
+_connect, _connect_ex = _socket.socket.connect, _socket.socket.connect_ex
+
+
+def _local_only(method):
+  def connect(self, address):
+    if self.family in (_socket.AF_INET, _socket.AF_INET6) and address[0] not in (
+        "127.0.0.1", "::1", "localhost"):
+      raise OSError(f"a notebook under test tried to reach the network: {address}")
+    return method(self, address)
+  return connect
+
+
+_socket.socket.connect = _local_only(_connect)
+_socket.socket.connect_ex = _local_only(_connect_ex)
+'''
+
+
+def _read(path: Path):
+  return nbformat.read(path, as_version=4)
+
+
+def _code_cells(nb):
+  return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _parameters_cells(nb):
+  return [c for c in _code_cells(nb) if "parameters" in c.metadata.get("tags", [])]
+
+
+def _assigned(source: str) -> dict[str, object]:
+  """Names assigned a literal at the top level of a cell, with their values."""
+  out = {}
+  for node in ast.parse(source).body:
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(
+        node.targets[0], ast.Name):
+      try:
+        out[node.targets[0].id] = ast.literal_eval(node.value)
+      except ValueError:
+        out[node.targets[0].id] = None
+  return out
+
+
+def _repo_url(nb) -> str:
+  install = _code_cells(nb)[0].source
+  urls = re.findall(r'^REPO_URL = "([^"]+)"', install, re.M)
+  assert len(urls) == 1, "the install cell must define REPO_URL once"
+  return urls[0]
+
+
+def _colab_link(repo_url: str, name: str) -> str:
+  repo = repo_url.removeprefix("https://github.com/").rstrip("/")
+  return f"https://colab.research.google.com/github/{repo}/blob/main/colab/{name}"
+
+
+# ------------------------------------------------------------------ static checks
+
+
+def test_every_notebook_has_its_py_percent_source():
+  assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "sparsebert_glue"}
+  sources = {p.stem for p in COLAB.glob("*.py")}
+  assert sources == {p.stem for p in NOTEBOOKS}, "each colab/<name>.ipynb pairs a <name>.py"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_committed_without_outputs(path):
+  nb = _read(path)
+  nbformat.validate(nb)
+  for i, cell in enumerate(_code_cells(nb)):
+    assert cell.outputs == [] and cell.execution_count is None, (
+        f"{path.name} code cell {i} has outputs: clear them (jupytext --to ipynb "
+        f"colab/{path.stem}.py regenerates it clean)")
+  assert "widgets" not in nb.metadata
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_in_sync_with_its_py_percent_source(path):
+  """Compared through jupytext reading both files: same cells, sources and tags."""
+  source = path.with_suffix(".py")
+  assert "# %%" in source.read_text(), f"{source.name} is not in the py:percent format"
+
+  def cells(nb):
+    return [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", [])))
+            for c in nb.cells]
+
+  from_py, from_ipynb = jupytext.read(source), jupytext.read(path)
+  assert cells(from_py) == cells(from_ipynb), (
+      f"{path.name} differs from {source.name}: run jupytext --to ipynb colab/{source.name}")
+  assert from_py.metadata.get("kernelspec") == from_ipynb.metadata.get("kernelspec")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_badge_install_cell_and_parameters(path):
+  nb = _read(path)
+  first = nb.cells[0]
+  repo_url = _repo_url(nb)
+  assert first.cell_type == "markdown" and BADGE in first.source
+  assert _colab_link(repo_url, path.name) in first.source, "the badge opens this notebook"
+  install = _code_cells(nb)[0].source
+  assert re.search(r'"jaxprune\[[^\]]*\] @ git\+\{REPO_URL\}@\{REF\}"', install)
+  assert "find_spec(\"jaxprune\") is None" in install, "the install is skipped under CI"
+  assert "jax.devices()" in install, "the first cell reports the runtime"
+  params = _parameters_cells(nb)
+  assert len(params) == 1, "exactly one cell tagged 'parameters'"
+  values = _assigned(params[0].source)
+  assert values.get("SMOKE") is False, "the parameters cell sets SMOKE = False"
+  assert set(values) - {"SMOKE"}, "the parameters cell holds the sizes too"
+
+
+def test_readme_links_every_notebook():
+  readme = (COLAB / "README.md").read_text()
+  for path in NOTEBOOKS:
+    assert _colab_link(_repo_url(_read(path)), path.name) in readme, path.name
+  assert BADGE in readme
+
+
+# ------------------------------------------------------------------ execution
+
+
+@pytest.fixture(scope="module")
+def kernel_dir(tmp_path_factory):
+  """A kernelspec running this interpreter, offline, JAX on the CPU."""
+  root = tmp_path_factory.mktemp("jupyter")
+  spec = root / "kernels" / KERNEL
+  spec.mkdir(parents=True)
+  env = {"JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+         "JAXPRUNE_GLUE_DIR": str(GLUE_DIR), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+  (spec / "kernel.json").write_text(json.dumps({
+      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      "display_name": "jaxprune tests", "language": "python", "env": env}))
+  return root
+
+
+def _smoke(nb):
+  """The notebook with the network guard first and SMOKE parameters injected."""
+  params = _parameters_cells(nb)[0]
+  names = _assigned(params.source)
+  lines = ["# Parameters (injected by tests/test_notebooks.py)"]
+  lines += [f"{k} = {v!r}" for k, v in SMOKE_PARAMETERS.items() if k in names]
+  lines += ["import sys as _sys",
+            f"assert _sys.prefix == {sys.prefix!r}, (_sys.prefix, 'not the test interpreter')"]
+  injected = nbformat.v4.new_code_cell("\n".join(lines),
+                                       metadata={"tags": ["injected-parameters"]})
+  nb.cells.insert(nb.cells.index(params) + 1, injected)
+  nb.cells.insert(0, nbformat.v4.new_code_cell(NO_NETWORK))
+  return nb
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_runs_in_smoke_mode(path, kernel_dir, tmp_path, monkeypatch, request):
+  nbclient = pytest.importorskip("nbclient", reason="needs the test extra (nbclient)")
+  pytest.importorskip("ipykernel", reason="needs the test extra (ipykernel)")
+  if path.stem == "sparsebert_glue":
+    request.getfixturevalue("glue_dir")  # skips without the offline GLUE files
+    request.getfixturevalue("minilm_dir")  # ... or the offline MiniLM package
+  monkeypatch.setenv("JUPYTER_PATH", str(kernel_dir))
+  # Connection files and the IPython profile in the test's folders, not under $HOME.
+  monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
+  monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+  # Two CPU devices: the cells run sharded, as on a TPU runtime's devices.
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  nb = _smoke(_read(path))
+  client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=600,
+                                   resources={"metadata": {"path": str(tmp_path)}})
+  client.execute()  # raises CellExecutionError, with the cell's traceback, on any error
+
+  def text(cell):
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+  runtime = text(_code_cells(nb)[1])  # the install cell (after the network guard)
+  assert "runtime: CPU" in runtime and "2 device(s)" in runtime, runtime
+  images = [o for c in _code_cells(nb) for o in c.outputs if "image/png" in o.get("data", {})]
+  assert images, "the plots were drawn"
+  if path.stem == "sparsebert_glue":
+    outputs = "".join(text(c) for c in _code_cells(nb))
+    assert "source: offline" in outputs
+    assert "same predictions in 100%" in outputs
