@@ -91,8 +91,12 @@ def base_config() -> ml_collections.ConfigDict:
   # The pre-trained checkpoint: the student's init (mode=prune) and the teacher's (finetune).
   # "random:<checkpoint>" initialises that architecture randomly (with model_overrides).
   config.model = "minilm-l6"
-  # Overrides of the model config (e.g. {"dtype": "bfloat16"}).
+  # Overrides of the model config (e.g. {"num_hidden_layers": 4} with "random:...").
   config.model_overrides = ml_collections.ConfigDict()
+  # "float32", or "bfloat16": mixed precision (the path for TPUs and GPUs). Matmuls and
+  # activations of the student and the teacher in bfloat16; params, gradients, optimizer
+  # state and masks stay float32, softmax, LayerNorm statistics and every loss in float32.
+  config.precision = "float32"
   # The teacher for mode=prune: a finetune workdir or a fine-tuned HF checkpoint.
   config.teacher = ""
   # What mode=prune trains: "distill_prune" (SparseBERT), "prune_labels" (magnitude
@@ -227,6 +231,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+# Allowed values of config.precision (the compute dtype of the models).
+PRECISIONS = ("float32", "bfloat16")
+
+
 def validate(config: ml_collections.ConfigDict, mode: str) -> None:
   """Raises ``ConfigError`` (one line) for values that cannot work, before any work.
 
@@ -253,6 +261,7 @@ def validate(config: ml_collections.ConfigDict, mode: str) -> None:
   if config.eval_batch_size < 1:
     raise ConfigError(f"eval_batch_size={config.eval_batch_size}: expected >= 1")
   recipe.one_of("data_source", config.data_source, ("tsv", "tfds"))
+  recipe.one_of("precision", config.precision, PRECISIONS)
   recipe.one_of("train_split", config.train_split, ("train", "train_aug"))
   for name in ("finetune", "train"):
     t = config[name]

@@ -134,12 +134,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   student, params, student_config = init(
       base_model, num_labels=spec.num_labels, seed=config.seed,
       **dict(config.model_overrides, hidden_dropout_prob=section.dropout,
-             attention_probs_dropout_prob=section.dropout,
+             attention_probs_dropout_prob=section.dropout, dtype=config.precision,
              classifier_relu=config.distill.classifier_relu))
   teacher = teacher_params = None
   if distills:
     teacher, teacher_params, _ = load_teacher(config.teacher, spec.num_labels, student_config,
-                                              classifier_relu=config.distill.classifier_relu)
+                                              classifier_relu=config.distill.classifier_relu,
+                                              dtype=config.precision)
   train_data, dev_data = data.load_splits(config, spec, models.load_tokenizer(base_model),
                                           workdir, augment=mode == "prune", model=base_model,
                                           progress=progress)
