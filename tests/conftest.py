@@ -97,3 +97,21 @@ def gcs_bucket():
       os.environ.pop(k, None)
     else:
       os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def one_process_prune_run(tmp_path_factory, glue_dir, minilm_dir):
+  """A tiny teacher, then the tiny prune job (padding trim and length grouping on) as 1
+  process x 4 CPU devices: the reference that every multi-process run (tests of the
+  pod runtime and of the launcher's fake pod) must match. Returns (the prune job's
+  flags without --workdir, its workdir, its final checkpoint's arrays)."""
+  from test_multiprocess import BASE, STEPS, _checkpoint, _start
+  from test_sharding import wait
+  tmp = tmp_path_factory.mktemp("one_process")
+  base = [*BASE, f"--config.glue_dir={glue_dir}"]  # absolute: workers run elsewhere
+  teacher = tmp / "teacher"
+  wait([_start(["--mode=finetune", *base, f"--workdir={teacher}"], 1, tmp / "teacher.log")],
+       tmp)
+  args = ["--mode=prune", *base, f"--config.teacher={teacher}"]
+  wait([_start([*args, f"--workdir={tmp / 'one'}"], 4, tmp / "one.log")], tmp)
+  return args, tmp / "one", _checkpoint(tmp / "one", STEPS)

@@ -22,7 +22,7 @@ import pytest
 
 import multiprocess_worker as worker
 from test_sharding import assert_matches_reference, launch_worker, load, wait
-from test_sharding import logs as test_sharding_logs
+from test_sharding import logs as worker_logs
 
 MESH = "2x2"
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,19 +86,6 @@ BASE = ["--config=configs/tiny.py:steps=12,sparsity=0.8", "--config.trim_padding
         "--config.group_by_length=2"]
 
 
-@pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory, glue_dir, minilm_dir):
-  """A teacher, then the tiny prune job (padding trim and length grouping on) as 1
-  process x 4 CPU devices: the reference the 2-process runs must match."""
-  tmp = tmp_path_factory.mktemp("one_process")
-  teacher = tmp / "teacher"
-  wait([_start(["--mode=finetune", *BASE, f"--workdir={teacher}"], 1, tmp / "teacher.log")],
-       tmp)
-  args = ["--mode=prune", *BASE, f"--config.teacher={teacher}"]
-  wait([_start([*args, f"--workdir={tmp / 'one'}"], 4, tmp / "one.log")], tmp)
-  return args, _checkpoint(tmp / "one", STEPS)
-
-
 def _two_processes(args: list[str], workdir: Path, logs: Path) -> list[subprocess.Popen]:
   coordinator = f"127.0.0.1:{free_port()}"
   return [_start([*args, f"--workdir={workdir}", f"--config.coordinator_address={coordinator}",
@@ -119,7 +106,7 @@ def _wait_for_step(procs: list[subprocess.Popen], workdir: Path, step: int, logs
     if time.time() > deadline or any(p.poll() is not None for p in procs):
       for p in procs:
         p.kill()
-      pytest.fail(f"no step {step} in {workdir}/metrics.jsonl:\n" + test_sharding_logs(logs))
+      pytest.fail(f"no step {step} in {workdir}/metrics.jsonl:\n" + worker_logs(logs))
     time.sleep(0.05)
 
 
@@ -139,11 +126,11 @@ def assert_matches_one_process(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-def test_whole_prune_run_on_two_processes_matches_one_with_padding_trim(one_process_run,
+def test_whole_prune_run_on_two_processes_matches_one_with_padding_trim(one_process_prune_run,
                                                                         tmp_path):
   """The CLI's tiny prune job, padding trim and length grouping on: 2 processes x 2 CPU
   devices on 127.0.0.1 against 1 process x 4 devices."""
-  args, reference = one_process_run
+  args, _, reference = one_process_prune_run
   wait(_two_processes(args, tmp_path / "two", tmp_path), tmp_path)
   assert_matches_one_process(reference, _checkpoint(tmp_path / "two", STEPS))
   summary = json.loads((tmp_path / "two" / "summary.json").read_text())
@@ -155,17 +142,17 @@ def test_whole_prune_run_on_two_processes_matches_one_with_padding_trim(one_proc
 
 @pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_matches(
-    one_process_run, tmp_path):
+    one_process_prune_run, tmp_path):
   """A preemption notice that reaches only process 1: both save the same step, say so,
   exit with 75; the same command resumes and ends where the 1-process run ended."""
-  args, reference = one_process_run
+  args, _, reference = one_process_prune_run
   workdir = tmp_path / "two"
   procs = _two_processes(args, workdir, tmp_path)
   _wait_for_step(procs, workdir, random.Random(os.getpid()).randint(3, 8), tmp_path)
   procs[1].send_signal(signal.SIGTERM)
   for p in procs:
     p.wait(timeout=300)
-  assert [p.returncode for p in procs] == [75, 75], test_sharding_logs(tmp_path)
+  assert [p.returncode for p in procs] == [75, 75], worker_logs(tmp_path)
   said = [re.findall(r"preempted at step (\d+); re-run", (tmp_path / f"two_{i}.log").read_text())
           for i in range(2)]
   assert said[0] == said[1] and len(said[0]) == 1, said
@@ -194,7 +181,7 @@ def test_killing_one_process_ends_the_other_with_one_line(tmp_path, glue_dir, mi
   except subprocess.TimeoutExpired:
     procs[0].kill()
     pytest.fail("process 0 still runs 60 s after process 1 was killed")
-  assert procs[0].returncode == PEER_LOST_EXIT_CODE, test_sharding_logs(tmp_path)
+  assert procs[0].returncode == PEER_LOST_EXIT_CODE, worker_logs(tmp_path)
   assert time.time() - start < 30
   lines = [l for l in re.split(r"[\r\n]", (tmp_path / "run_0.log").read_text()) if l.strip()]
   errors = [l[l.index("jaxprune:"):] for l in lines if "jaxprune:" in l]

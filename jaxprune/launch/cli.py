@@ -1,0 +1,153 @@
+"""jaxprune-tpu: start, watch, resume and tear down jaxprune jobs on Cloud TPU VMs.
+
+  jaxprune-tpu create NAME --accelerator-type=v4-32 [--spot|--reserved] [--queued [--valid-until=6h]]
+  jaxprune-tpu setup NAME --local | --ref=GIT_REF
+  jaxprune-tpu run NAME -- --mode=prune --config=configs/reference.py --workdir=gs://BUCKET/run
+  jaxprune-tpu babysit NAME --accelerator-type=v4-32 --spot --local -- <jaxprune flags>
+  jaxprune-tpu status [NAME] | logs NAME [--worker=all] | ssh NAME [--worker=1] [-- CMD]
+  jaxprune-tpu delete NAME [--yes]
+
+Every subcommand takes --dry-run (print the gcloud commands, run none). Project, zone,
+bucket and accelerator type default to $JAXPRUNE_TPU_<NAME> or ~/.config/jaxprune/tpu.toml.
+See launch/README.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+from jaxprune.launch import commands
+from jaxprune.launch import settings
+from jaxprune.launch.runner import Runner
+from jaxprune.launch.settings import LaunchError
+
+FLAGS = flags.FlagValues()
+
+for _name, _help in settings.FIELDS.items():
+  flags.DEFINE_string(_name.replace("_", "-"), None, _help[0].upper() + _help[1:] + ".",
+                      flag_values=FLAGS)
+flags.DEFINE_string("runtime-version", None, "TPU software version (default: the one for the "
+                    "accelerator's generation).", flag_values=FLAGS)
+flags.DEFINE_boolean("spot", False, "Spot capacity: cheaper, can be preempted at any time.",
+                     flag_values=FLAGS)
+flags.DEFINE_boolean("reserved", False, "Capacity from the project's reservation.",
+                     flag_values=FLAGS)
+flags.DEFINE_boolean("queued", False, "Create through a queued resource (waits for capacity; "
+                     "retries RESOURCE_EXHAUSTED with backoff).", flag_values=FLAGS)
+flags.DEFINE_string("valid-until", None, "With --queued: the request expires unfilled after "
+                    "this duration (e.g. 6h, 2d).", flag_values=FLAGS)
+flags.DEFINE_boolean("local", False, "setup: install this checkout (a tarball via scp).",
+                     flag_values=FLAGS)
+flags.DEFINE_string("ref", None, "setup: install this git ref of --repo.", flag_values=FLAGS)
+flags.DEFINE_string("extras", "gcs", "setup: jaxprune's extras to install.", flag_values=FLAGS)
+flags.DEFINE_string("jax-version", None, "setup: the jax[tpu] version (default: the jax "
+                    "installed here).", flag_values=FLAGS)
+flags.DEFINE_integer("retries", 5, "babysit: re-creations after preemptions.",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("create-retries", 8, "create --queued: retries after RESOURCE_EXHAUSTED.",
+                     flag_values=FLAGS)
+flags.DEFINE_float("retry-wait", 60.0, "create --queued: first backoff in seconds (doubles).",
+                   flag_values=FLAGS)
+flags.DEFINE_float("poll", 30.0, "Seconds between checks of a queued resource.",
+                   flag_values=FLAGS)
+flags.DEFINE_integer("grace", 30, "Seconds a stopped job gets to save before SIGKILL.",
+                     flag_values=FLAGS)
+flags.DEFINE_boolean("yes", False, "delete: do not ask.", flag_values=FLAGS)
+flags.DEFINE_boolean("dry-run", False, "Print the gcloud commands; run none.",
+                     flag_values=FLAGS)
+flags.DEFINE_string("settings", None, "Settings file (default $JAXPRUNE_TPU_SETTINGS or "
+                    "~/.config/jaxprune/tpu.toml).", flag_values=FLAGS)
+flags.DEFINE_string("run-name", None, "run/babysit/logs: the run's name under "
+                    "logs/NAME/ (default: the start time).", flag_values=FLAGS)
+flags.DEFINE_string("logs-dir", "logs", "Where run streams the workers' logs.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("worker", None, "ssh/logs: worker index (default 0; logs: or all).",
+                    flag_values=FLAGS)
+
+_CREATE = {"accelerator-type", "runtime-version", "spot", "reserved", "queued", "valid-until",
+           "create-retries", "retry-wait", "poll"}
+_SETUP = {"local", "ref", "repo", "extras", "jax-version"}
+_RUN = {"bucket", "accelerator-type", "run-name", "logs-dir", "grace"}
+_COMMON = {"project", "zone", "dry-run", "settings"}
+# The flags each subcommand takes.
+ALLOWED = {
+    "create": _CREATE,
+    "setup": _SETUP,
+    "run": _RUN,
+    "babysit": _CREATE | _SETUP | _RUN | {"retries"},
+    "status": {"queued", "logs-dir"},
+    "logs": {"run-name", "logs-dir", "worker"},
+    "ssh": {"worker"},
+    "delete": {"yes", "queued"},
+}
+
+
+def _options(rest: list[str]) -> commands.Options:
+  if FLAGS["spot"].value and FLAGS["reserved"].value:
+    raise LaunchError("--spot and --reserved exclude each other")
+  capacity = "spot" if FLAGS["spot"].value else "reserved" if FLAGS["reserved"].value \
+      else "on-demand"
+  value = lambda name: FLAGS[name].value  # noqa: E731
+  return commands.Options(
+      accelerator_type=value("accelerator-type"), runtime_version=value("runtime-version"),
+      capacity=capacity, queued=value("queued"), valid_until=value("valid-until"),
+      local=value("local"), ref=value("ref"), extras=value("extras"),
+      jax_version=value("jax-version"), retries=value("retries"),
+      create_retries=value("create-retries"), retry_wait=value("retry-wait"),
+      poll=value("poll"), yes=value("yes"), run_name=value("run-name"),
+      logs_dir=value("logs-dir"), worker=value("worker"), grace=value("grace"), rest=rest)
+
+
+def main(argv: list[str]) -> int:
+  """Parses ``argv`` (without the program name) and runs one subcommand.
+
+  Example: ``main(["create", "pod", "--accelerator-type=v4-8", "--dry-run"])``.
+  """
+  rest: list[str] = []
+  if "--" in argv:
+    argv, rest = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(__doc__ + "\nFlags:\n" + FLAGS.get_help())
+    return 0
+  try:
+    positional = FLAGS(["jaxprune-tpu", *argv])[1:]
+  except flags.Error as e:
+    raise LaunchError(" ".join(str(e).split())) from None
+  if not positional or positional[0] not in commands.COMMANDS:
+    raise LaunchError(f"expected a subcommand ({', '.join(commands.COMMANDS)}), got "
+                      f"{positional[0] if positional else 'none'!r}")
+  command, names = positional[0], positional[1:]
+  if len(names) > 1:
+    raise LaunchError(f"{command}: unexpected arguments {' '.join(names[1:])!r} (jaxprune "
+                      "flags go after --)")
+  if not names and command != "status":
+    raise LaunchError(f"{command} needs the TPU's NAME: jaxprune-tpu {command} NAME ...")
+  allowed = ALLOWED[command] | _COMMON
+  for name in FLAGS:
+    if FLAGS[name].present and name not in allowed:
+      raise LaunchError(f"--{name} does not apply to {command}")
+  if rest and command not in ("run", "babysit", "ssh"):
+    raise LaunchError(f"{command} takes nothing after --")
+  values = {name: FLAGS[name.replace("_", "-")].value for name in settings.FIELDS}
+  s = settings.load(values, FLAGS["settings"].value)
+  runner = Runner(dry_run=FLAGS["dry-run"].value)
+  return commands.COMMANDS[command](names[0] if names else None, _options(rest), s, runner)
+
+
+def run() -> None:
+  """Console-script entry point: one-line errors (``jaxprune-tpu: error: ...``), exit 2."""
+  try:
+    code = main(sys.argv[1:])
+  except LaunchError as e:
+    print(f"jaxprune-tpu: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print("jaxprune-tpu: interrupted", file=sys.stderr)
+    sys.exit(130)
+  sys.exit(code)
+
+
+if __name__ == "__main__":
+  run()

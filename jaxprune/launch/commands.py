@@ -1,0 +1,377 @@
+"""The ``jaxprune-tpu`` subcommands: create, setup, run, babysit, status, logs, ssh, delete.
+
+Each takes the TPU's name, the parsed :class:`Options`, the resolved settings and a
+:class:`~jaxprune.launch.runner.Runner`, and returns an exit status; user errors are
+``LaunchError``s. Under ``--dry-run`` the answers of the look-ups a command makes
+(``describe``) are assumed: the VM does not exist yet, then is READY with the workers
+of ``--accelerator-type``; a queued resource only when ``--queued``.
+
+Example::
+
+  opts = Options(accelerator_type="v4-32", capacity="spot", queued=True)
+  create("pod", opts, settings.load({"project": "p", "zone": "z"}), Runner(dry_run=True))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+import shlex
+import sys
+import tempfile
+import time
+
+from jaxprune.launch import accelerators
+from jaxprune.launch import gcloud
+from jaxprune.launch import remote
+from jaxprune.launch import source
+from jaxprune.launch import workers
+from jaxprune.launch.runner import Result, Runner, gcloud_error
+from jaxprune.launch.settings import LaunchError, Settings
+
+__all__ = ["Options", "create", "setup", "run", "babysit", "status", "logs", "ssh", "delete",
+           "COMMANDS"]
+
+# States of a TPU VM that will not run anything again: babysit re-creates it.
+GONE = ("PREEMPTED", "TERMINATED", "STOPPED", "SUSPENDED", "NOT_FOUND")
+
+
+@dataclasses.dataclass
+class Options:
+  """What the flags say, beyond the settings (see cli.py for each flag's help)."""
+  accelerator_type: str | None = None
+  runtime_version: str | None = None
+  capacity: str = "on-demand"
+  queued: bool = False
+  valid_until: str | None = None
+  local: bool = False
+  ref: str | None = None
+  extras: str = "gcs"
+  jax_version: str | None = None
+  retries: int = 5
+  create_retries: int = 8
+  retry_wait: float = 60.0
+  poll: float = 30.0
+  yes: bool = False
+  run_name: str | None = None
+  logs_dir: str = "logs"
+  worker: str | None = None
+  grace: int = remote.STOP_GRACE_S
+  # Everything after `--`: the jaxprune flags (run, babysit) or a command (ssh).
+  rest: list[str] = dataclasses.field(default_factory=list)
+
+
+def _say(message: str) -> None:
+  print(f"jaxprune-tpu: {message}", file=sys.stderr, flush=True)
+
+
+def _where(s: Settings) -> gcloud.Where:
+  return gcloud.Where(*s.require("project", "zone"))
+
+
+def _accelerator(opts: Options, s: Settings) -> accelerators.Accelerator:
+  return accelerators.parse(opts.accelerator_type or s.require("accelerator_type")[0])
+
+
+def describe(name: str, where: gcloud.Where, runner: Runner) -> dict:
+  """The VM's description (``state`` "NOT_FOUND" when there is none, or under --dry-run)."""
+  result = runner.run(gcloud.describe_vm(name, where), dry=Result(0, "{}"))
+  if result.ok:
+    return result.json() or {"state": "NOT_FOUND"}
+  if "NOT_FOUND" in result.stderr or "not found" in result.stderr.lower():
+    return {"state": "NOT_FOUND"}
+  raise LaunchError(f"gcloud could not describe {name}: {gcloud_error(result.stderr)}")
+
+
+def _queued_state(name: str, where: gcloud.Where, runner: Runner, dry_exists: bool) -> str:
+  result = runner.run(gcloud.describe_queued(name, where),
+                      dry=Result(0, '{"state": {"state": "ACTIVE"}}') if dry_exists
+                      else Result(1, "", "NOT_FOUND"))
+  if not result.ok:
+    return "NOT_FOUND"
+  return ((result.json() or {}).get("state") or {}).get("state", "UNKNOWN")
+
+
+def _wait_until_active(name: str, where: gcloud.Where, opts: Options, runner: Runner) -> None:
+  said = None
+  while True:
+    state = _queued_state(name, where, runner, dry_exists=True)
+    if state == "ACTIVE":
+      return
+    if state in ("FAILED", "SUSPENDED", "SUSPENDING", "NOT_FOUND"):
+      raise LaunchError(f"queued resource {name} is {state}; see `gcloud compute tpus "
+                        f"queued-resources describe {name} --zone={where.zone}`")
+    if state != said:
+      _say(f"{name}: queued resource {state}; waiting (checks every {opts.poll:.0f} s)")
+      said = state
+    time.sleep(opts.poll)
+
+
+def create(name: str, opts: Options, s: Settings, runner: Runner) -> int:
+  """Creates the TPU VM (or a queued resource for it), or reuses a READY one."""
+  where, acc = _where(s), _accelerator(opts, s)
+  if opts.valid_until and not opts.queued:
+    raise LaunchError("--valid-until applies to queued resources: add --queued")
+  found = describe(name, where, runner)
+  if found["state"] == "READY":
+    if found.get("acceleratorType") not in (None, acc.name):
+      raise LaunchError(f"{name} exists as a {found['acceleratorType']}, not a {acc.name}: "
+                        "delete it first or pick another name")
+    _say(f"{name}: already READY, reusing it")
+    return 0
+  if found["state"] != "NOT_FOUND":
+    raise LaunchError(f"{name} exists and is {found['state']}: `jaxprune-tpu delete {name}` "
+                      "first (babysit does this by itself)")
+  runtime = opts.runtime_version or acc.runtime_version
+  if opts.queued:
+    args = gcloud.create_queued(name, where, acc.name, runtime, opts.capacity,
+                                opts.valid_until)
+  else:
+    args = gcloud.create_vm(name, where, acc.name, runtime, opts.capacity)
+  tries = 1 + (opts.create_retries if opts.queued else 0)
+  for attempt in range(tries):
+    result = runner.run(args)
+    if result.ok:
+      break
+    if opts.queued and "ALREADY_EXISTS" in result.stderr:
+      _say(f"{name}: the queued resource exists already; waiting for it")
+      break
+    exhausted = "RESOURCE_EXHAUSTED" in result.stderr or \
+        "no more capacity" in result.stderr.lower()
+    if exhausted and attempt + 1 < tries:
+      wait = min(opts.retry_wait * 2 ** attempt, 900.0)
+      _say(f"{name}: no {acc.name} capacity in {where.zone} (RESOURCE_EXHAUSTED); "
+           f"retry {attempt + 1}/{tries - 1} in {wait:.0f} s")
+      time.sleep(wait)
+      continue
+    if exhausted:
+      hint = (f"gave up after {tries} tries; try later or another zone" if opts.queued else
+              "try --queued (waits in Cloud TPU's queue), --spot or another zone")
+      raise LaunchError(f"no {acc.name} capacity in {where.zone} (RESOURCE_EXHAUSTED): {hint}")
+    raise LaunchError(f"gcloud could not create {name}: {gcloud_error(result.stderr)}")
+  if opts.queued:
+    _wait_until_active(name, where, opts, runner)
+  _say(f"{name}: {acc.name} {'would be created' if runner.dry_run else 'created'} ({acc.hosts} worker{'s' * (acc.hosts > 1)}, {runtime}, "
+       f"{opts.capacity}{', queued' if opts.queued else ''})")
+  return 0
+
+
+def setup(name: str, opts: Options, s: Settings, runner: Runner) -> int:
+  """Puts jaxprune and a venv with ``jax[tpu]`` on every worker; a no-op when up to date."""
+  where = _where(s)
+  if opts.local == bool(opts.ref):
+    raise LaunchError("setup needs one of --local (this checkout) or --ref=GIT_REF")
+  jax_version = opts.jax_version or source.jax_version()
+  if opts.local:
+    tarball = source.local_tarball(source.checkout_root())
+    stamp = source.stamp(tarball, jax_version, opts.extras)
+  else:
+    repo, = s.require("repo")
+    stamp = source.stamp(f"{repo}@{opts.ref}", jax_version, opts.extras)
+  check = runner.run(gcloud.ssh(name, where, "all", remote.check_script(stamp)),
+                     dry=Result(1))
+  if check.ok:
+    _say(f"{name}: jaxprune {stamp} already installed on every worker")
+    return 0
+  if opts.local:
+    local = Path(tempfile.gettempdir()) / f"jaxprune-src-{stamp}.tar.gz"
+    if not runner.dry_run:
+      local.write_bytes(tarball)
+    copied = runner.run(gcloud.scp(str(local), name, remote.TARBALL, where))
+    if not copied.ok:
+      raise LaunchError(f"could not copy the code to {name}: {gcloud_error(copied.stderr)}")
+  script = remote.install_script(stamp, jax_version, opts.extras, local=opts.local,
+                                 repo=None if opts.local else repo, ref=opts.ref)
+  if not runner.run(gcloud.ssh(name, where, "all", script), stream=True).ok:
+    raise LaunchError(f"setup failed on {name} (its output is above)")
+  _say(f"{name}: jaxprune {stamp} installed on every worker")
+  return 0
+
+
+def _workdir(flags: list[str]) -> str | None:
+  for i, flag in enumerate(flags):
+    if flag.startswith("--workdir="):
+      return flag.split("=", 1)[1]
+    if flag == "--workdir" and i + 1 < len(flags):
+      return flags[i + 1]
+  return None
+
+
+def _mode(flags: list[str]) -> str:
+  modes = [f.split("=", 1)[1] for f in flags if f.startswith("--mode=")]
+  return modes[-1] if modes else "demo"
+
+
+def job_flags(name: str, opts: Options, s: Settings) -> list[str]:
+  """The job's flags: a gs:// ``--workdir`` (``gs://BUCKET/jaxprune/NAME/MODE`` if none).
+
+  Example: ``job_flags("pod", Options(rest=["--mode=prune"]), s)[-1]`` is
+  ``"--workdir=gs://b/jaxprune/pod/prune"`` when the bucket is ``b``.
+  """
+  flags = list(opts.rest)
+  workdir = _workdir(flags)
+  if workdir is None:
+    bucket, = s.require("bucket")
+    bucket = bucket.removeprefix("gs://").strip("/")
+    flags.append(f"--workdir=gs://{bucket}/jaxprune/{name}/{_mode(flags)}")
+  elif not workdir.startswith("gs://"):
+    raise LaunchError(f"--workdir={workdir}: a TPU job's work directory must be gs://... "
+                      "(workers share no disk, and a preempted VM loses its own)")
+  return flags
+
+
+def _workers(name: str, where: gcloud.Where, opts: Options, s: Settings,
+             runner: Runner) -> int:
+  if runner.dry_run:
+    return _accelerator(opts, s).hosts
+  found = describe(name, where, runner)
+  if found["state"] != "READY":
+    raise LaunchError(f"{name} is {found['state']}, not READY" + (
+        f": `jaxprune-tpu create {name}` first" if found["state"] == "NOT_FOUND" else
+        f"; `jaxprune-tpu babysit {name}` re-creates it and resumes"))
+  return len(found.get("networkEndpoints") or [{}])
+
+
+def _run_name(opts: Options) -> str:
+  if not opts.run_name:
+    opts.run_name = time.strftime("%Y%m%d-%H%M%S")
+  return opts.run_name
+
+
+def run(name: str, opts: Options, s: Settings, runner: Runner, marker: str | None = None
+        ) -> int:
+  """Runs the jaxprune job on every worker; the exit status of the first one that failed."""
+  flags, where = job_flags(name, opts, s), _where(s)
+  count = _workers(name, where, opts, s, runner)
+  log_dir = Path(opts.logs_dir) / name / _run_name(opts)
+  outcome = workers.run_all(runner, name, where, count, remote.job_script(flags, opts.grace),
+                            log_dir, grace_s=opts.grace, marker=marker)
+  if outcome.failed is None:
+    if not runner.dry_run:
+      _say(f"{name}: the job ended well on {count} workers; logs in {log_dir}")
+    return 0
+  i, code = outcome.failed, outcome.returncodes[outcome.failed]
+  why = {workers.PREEMPTED_EXIT_CODE: "preempted; the same command resumes",
+         workers.SSH_LOST_EXIT_CODE: "lost the ssh connection (preempted VM?)"}.get(code)
+  last = outcome.last_lines[i]
+  print(f"jaxprune-tpu: error: worker {i} of {name} exited with status {code}"
+        + (f" ({why})" if why else "") + "; the other workers were stopped; "
+        + f"log: {log_dir / f'worker-{i}.log'}" + (f"; last line: {last}" if last else ""),
+        file=sys.stderr, flush=True)
+  return code
+
+
+def babysit(name: str, opts: Options, s: Settings, runner: Runner) -> int:
+  """create + setup + run until the job succeeds: after a preemption (VM gone, or the job's
+  exit code 75) the VM is re-created and the same job resumes from its gs:// workdir."""
+  where = _where(s)
+  job_flags(name, opts, s)  # bad flags fail before anything is created
+  _run_name(opts)
+  tries = opts.retries + 1
+  for attempt in range(1, tries + 1):
+    state = describe(name, where, runner)["state"]
+    if state != "READY" and state != "NOT_FOUND":
+      _say(f"{name} is {state}: deleting it to create it again")
+      _delete(name, where, runner, queued=opts.queued)
+    if state != "READY":
+      create(name, opts, s, runner)
+    setup(name, opts, s, runner)
+    code = run(name, opts, s, runner, marker=f"attempt {attempt}/{tries}")
+    if code == 0 or runner.dry_run:
+      return code
+    state = describe(name, where, runner)["state"]
+    if code not in (workers.PREEMPTED_EXIT_CODE, workers.SSH_LOST_EXIT_CODE,
+                    workers.PEER_LOST_EXIT_CODE) and state == "READY":
+      return code  # the job itself failed: retrying would fail again
+    _say(f"{name}: attempt {attempt}/{tries} interrupted (VM {state}, exit status {code}); "
+         + ("resuming" if attempt < tries else "no tries left"))
+  raise LaunchError(f"{name}: the job did not finish in {tries} tries (--retries={opts.retries})")
+
+
+def status(name: str | None, opts: Options, s: Settings, runner: Runner) -> int:
+  """One line per TPU VM (or the named one), with its queued resource and latest logs."""
+  where = _where(s)
+  if name is None:
+    result = runner.run(gcloud.list_vms(where), dry=Result(0, "[]"))
+    if not result.ok:
+      raise LaunchError(f"gcloud could not list TPU VMs: {gcloud_error(result.stderr)}")
+    nodes = result.json() or []
+  else:
+    nodes = [dict(describe(name, where, runner), name=name)]
+  for node in nodes:
+    short = node.get("name", "").rsplit("/", 1)[-1]
+    queued = _queued_state(short, where, runner, dry_exists=opts.queued)
+    if node.get("state") == "NOT_FOUND":
+      print(f"{short}: not found in {where.zone}" if queued == "NOT_FOUND" else
+            f"{short}: no TPU VM yet, queued resource {queued}")
+      continue
+    sched = node.get("schedulingConfig") or {}
+    capacity = "spot" if sched.get("spot") or sched.get("preemptible") else \
+        "reserved" if sched.get("reserved") else "on-demand"
+    line = (f"{short}: {node.get('state')} {node.get('acceleratorType')} "
+            f"{len(node.get('networkEndpoints') or [])} workers "
+            f"{node.get('runtimeVersion')} {capacity}")
+    if queued != "NOT_FOUND":
+      line += f", queued resource {queued}"
+    runs = sorted((Path(opts.logs_dir) / short).glob("*/worker-0.log"))
+    if runs:
+      line += f", latest logs {runs[-1].parent}"
+    print(line)
+  return 0
+
+
+def logs(name: str, opts: Options, s: Settings, runner: Runner) -> int:
+  """Prints the streamed logs of a run (the latest, or --run-name) of one or all workers."""
+  root = Path(opts.logs_dir) / name
+  runs = sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
+  if opts.run_name:
+    runs = [p for p in runs if p.name == opts.run_name]
+  if not runs:
+    raise LaunchError(f"no logs of {name}" + (f" run {opts.run_name}" if opts.run_name
+                                               else "") + f" under {root}")
+  files = sorted(runs[-1].glob("worker-*.log"), key=lambda p: int(p.stem.split("-")[1]))
+  worker = opts.worker or "0"
+  if worker != "all":
+    files = [f for f in files if f.stem == f"worker-{worker}"]
+    if not files:
+      raise LaunchError(f"no log of worker {worker} in {runs[-1]}")
+  for f in files:
+    if len(files) > 1:
+      print(f"==> {f} <==")
+    sys.stdout.write(f.read_text(errors="replace"))
+  return 0
+
+
+def ssh(name: str, opts: Options, s: Settings, runner: Runner) -> int:
+  """An ssh session on a worker (default 0), or the command after ``--`` there."""
+  command = shlex.join(opts.rest) if opts.rest else None
+  args = gcloud.ssh(name, _where(s), opts.worker or "0", command)
+  return runner.interactive(args) if command is None else runner.run(args, stream=True).returncode
+
+
+def _delete(name: str, where: gcloud.Where, runner: Runner, queued: bool) -> None:
+  if _queued_state(name, where, runner, dry_exists=queued) != "NOT_FOUND":
+    result = runner.run(gcloud.delete_queued(name, where))
+  else:
+    result = runner.run(gcloud.delete_vm(name, where))
+  if not result.ok:
+    raise LaunchError(f"gcloud could not delete {name}: {gcloud_error(result.stderr)}")
+
+
+def delete(name: str, opts: Options, s: Settings, runner: Runner) -> int:
+  """Deletes the TPU VM (and its queued resource); asks first unless --yes."""
+  where = _where(s)
+  if not opts.yes and not runner.dry_run:
+    if not sys.stdin.isatty():
+      raise LaunchError(f"delete {name}: pass --yes to confirm (no terminal to ask on)")
+    answer = input(f"Delete TPU {name} in {where.zone} (project {where.project})? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+      _say("not deleted")
+      return 1
+  _delete(name, where, runner, queued=opts.queued)
+  _say(f"{name}: deleted")
+  return 0
+
+
+COMMANDS = {"create": create, "setup": setup, "run": run, "babysit": babysit,
+            "status": status, "logs": logs, "ssh": ssh, "delete": delete}

@@ -1,0 +1,104 @@
+"""The exact ``gcloud`` argument lists the launcher runs, as pure functions.
+
+Nothing here runs anything: ``runner.py`` does, and ``--dry-run`` prints these lists
+(tests/fixtures/launch/ keeps them as goldens). A queued resource and the TPU VM it
+creates share one name (``--node-id`` = the queued resource's name).
+
+Example::
+
+  where = Where(project="p", zone="us-central2-b")
+  create_queued("pod", where, "v4-32", "tpu-ubuntu2204-base", capacity="spot")
+  # ['gcloud', 'compute', 'tpus', 'queued-resources', 'create', 'pod', '--node-id=pod', ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["Where", "create_vm", "create_queued", "describe_vm", "describe_queued",
+           "delete_vm", "delete_queued", "list_vms", "ssh", "scp", "CAPACITIES"]
+
+TPUS = ["gcloud", "compute", "tpus"]
+# "on-demand" (the default quota), "spot" (preemptible, cheaper) or "reserved" (a reservation).
+CAPACITIES = ("on-demand", "spot", "reserved")
+
+
+@dataclasses.dataclass(frozen=True)
+class Where:
+  """The project and zone every command names explicitly."""
+  project: str
+  zone: str
+
+  def flags(self) -> list[str]:
+    return [f"--zone={self.zone}", f"--project={self.project}"]
+
+
+def _capacity(capacity: str) -> list[str]:
+  if capacity not in CAPACITIES:
+    raise ValueError(f"capacity {capacity!r}: expected one of {CAPACITIES}")
+  return [] if capacity == "on-demand" else [f"--{capacity}"]
+
+
+def create_vm(name: str, where: Where, accelerator_type: str, runtime_version: str,
+              capacity: str = "on-demand") -> list[str]:
+  """``tpu-vm create`` (fails at once when the zone has no capacity).
+
+  Example: ``create_vm("a", Where("p", "z"), "v5litepod-8", "v2-alpha-tpuv5-lite")``.
+  """
+  return [*TPUS, "tpu-vm", "create", name, *where.flags(),
+          f"--accelerator-type={accelerator_type}", f"--version={runtime_version}",
+          *_capacity(capacity)]
+
+
+def create_queued(name: str, where: Where, accelerator_type: str, runtime_version: str,
+                  capacity: str = "on-demand", valid_until: str | None = None) -> list[str]:
+  """``queued-resources create``: waits in Cloud TPU's queue until capacity is free.
+
+  ``valid_until`` is a duration (``6h``, ``2d``): the request expires unfilled after it.
+
+  Example: ``create_queued("a", Where("p", "z"), "v6e-8", "v2-alpha-tpuv6e", "reserved")``.
+  """
+  return [*TPUS, "queued-resources", "create", name, f"--node-id={name}", *where.flags(),
+          f"--accelerator-type={accelerator_type}", f"--runtime-version={runtime_version}",
+          *_capacity(capacity),
+          *([f"--valid-until-duration={valid_until}"] if valid_until else [])]
+
+
+def describe_vm(name: str, where: Where) -> list[str]:
+  """``tpu-vm describe`` as JSON (``state``, ``acceleratorType``, ``networkEndpoints``)."""
+  return [*TPUS, "tpu-vm", "describe", name, *where.flags(), "--format=json"]
+
+
+def describe_queued(name: str, where: Where) -> list[str]:
+  """``queued-resources describe`` as JSON (``state.state``: WAITING_FOR_RESOURCES, ACTIVE...)."""
+  return [*TPUS, "queued-resources", "describe", name, *where.flags(), "--format=json"]
+
+
+def list_vms(where: Where) -> list[str]:
+  """``tpu-vm list`` as JSON."""
+  return [*TPUS, "tpu-vm", "list", *where.flags(), "--format=json"]
+
+
+def delete_vm(name: str, where: Where) -> list[str]:
+  """``tpu-vm delete`` without gcloud's own prompt (the launcher asks first)."""
+  return [*TPUS, "tpu-vm", "delete", name, *where.flags(), "--quiet"]
+
+
+def delete_queued(name: str, where: Where) -> list[str]:
+  """``queued-resources delete --force``: the request and the TPU VM it created."""
+  return [*TPUS, "queued-resources", "delete", name, *where.flags(), "--force", "--quiet"]
+
+
+def ssh(name: str, where: Where, worker: str, command: str | None = None) -> list[str]:
+  """``tpu-vm ssh`` on ``worker`` ("all", "0", "1,3"), running ``command`` if given.
+
+  Example: ``ssh("a", Where("p", "z"), "all", "hostname")``.
+  """
+  return [*TPUS, "tpu-vm", "ssh", name, *where.flags(), f"--worker={worker}",
+          *([f"--command={command}"] if command is not None else [])]
+
+
+def scp(local: str, name: str, remote: str, where: Where, worker: str = "all") -> list[str]:
+  """``tpu-vm scp`` of a local file to ``remote`` (relative to the home folder) on workers."""
+  return [*TPUS, "tpu-vm", "scp", local, f"{name}:{remote}", *where.flags(),
+          f"--worker={worker}"]

@@ -1,0 +1,121 @@
+"""One ssh per worker: each worker's output into ``<log_dir>/worker-<i>.log`` (worker 0's
+also to the terminal); when one exits non-zero, the others are stopped.
+
+Stopping runs ``remote.stop_script`` on every worker over a new ssh: closing the local
+ssh client alone does not end a remote job on a TPU VM.
+
+Example::
+
+  outcome = run_all(runner, "pod", where, 2, job_script(flags), Path("logs/pod/run1"))
+  outcome.failed  # None, or the index of the first worker that failed
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+from pathlib import Path
+import subprocess
+import sys
+import threading
+import time
+from typing import TextIO
+
+from jaxprune.launch import gcloud
+from jaxprune.launch import remote
+from jaxprune.launch.runner import Runner
+
+__all__ = ["Outcome", "run_all", "PEER_LOST_EXIT_CODE", "PREEMPTED_EXIT_CODE",
+           "SSH_LOST_EXIT_CODE"]
+
+# jaxprune's own exit codes (jaxprune.checkpoint / jaxprune.sharding; not imported here:
+# they import jax) and ssh's for a connection that broke (e.g. the VM was preempted).
+PREEMPTED_EXIT_CODE = 75
+PEER_LOST_EXIT_CODE = 4
+SSH_LOST_EXIT_CODE = 255
+# How many times the other workers are told to stop before their ssh clients are ended.
+STOP_TRIES = 3
+
+
+@dataclasses.dataclass
+class Outcome:
+  """Exit status of every worker's ssh, and which worker failed first (None: none)."""
+  returncodes: list[int]
+  failed: int | None
+  last_lines: list[str]
+
+
+def _pump(stream, log: Path, echo: TextIO | None, tail: list[str], index: int) -> None:
+  decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+  with open(log, "ab") as f:
+    while chunk := stream.read(1 << 16):  # unbuffered: returns what has arrived
+      f.write(chunk)
+      f.flush()
+      text = decoder.decode(chunk)
+      if echo is not None:
+        echo.write(text)
+        echo.flush()
+      lines = [l for l in text.replace("\r", "\n").split("\n") if l.strip()]
+      if lines:
+        tail[index] = lines[-1].strip()
+
+
+def _first_failure(returncodes: list[int | None]) -> int | None:
+  """The worker to blame: one that failed on its own before one that lost a peer."""
+  failed = [i for i, rc in enumerate(returncodes) if rc not in (None, 0)]
+  own = [i for i in failed if returncodes[i] != PEER_LOST_EXIT_CODE]
+  return (own or failed or [None])[0]
+
+
+def run_all(runner: Runner, name: str, where: gcloud.Where, workers: int, command: str,
+            log_dir: Path, echo: TextIO | None = None, grace_s: int = remote.STOP_GRACE_S,
+            marker: str | None = None) -> Outcome:
+  """Runs ``command`` on ``workers`` workers, one ssh each, and waits for all.
+
+  ``marker`` (e.g. "attempt 2") is written into every log first.
+
+  Example: ``run_all(Runner(dry_run=True), "pod", where, 4, "hostname", Path("logs/x"))``.
+  """
+  echo = echo or sys.stdout
+  if runner.dry_run:
+    for i in range(workers):
+      runner.start(gcloud.ssh(name, where, str(i), command))
+    return Outcome([0] * workers, None, [""] * workers)
+  log_dir.mkdir(parents=True, exist_ok=True)
+  logs = [log_dir / f"worker-{i}.log" for i in range(workers)]
+  if marker:
+    for log in logs:
+      with open(log, "a") as f:
+        f.write(f"=== jaxprune-tpu: {marker} ===\n")
+  procs = [runner.start(gcloud.ssh(name, where, str(i), command)) for i in range(workers)]
+  tail = [""] * workers
+  pumps = [threading.Thread(target=_pump, args=(p.stdout, logs[i], echo if i == 0 else None,
+                                                tail, i), daemon=True)
+           for i, p in enumerate(procs)]
+  for t in pumps:
+    t.start()
+  failed = None
+  while any(p.poll() is None for p in procs):
+    failed = _first_failure([p.poll() for p in procs])
+    if failed is not None:
+      break
+    time.sleep(0.2)
+  if failed is not None and any(p.poll() is None for p in procs):
+    print(f"jaxprune-tpu: worker {failed} exited with status {procs[failed].returncode}; "
+          "stopping the others", file=sys.stderr, flush=True)
+    # Again while any is left: a job that was still starting escaped the first stop.
+    for _ in range(STOP_TRIES):
+      runner.run(gcloud.ssh(name, where, "all", remote.stop_script(grace_s)))
+      deadline = time.time() + grace_s + 10
+      while any(p.poll() is None for p in procs) and time.time() < deadline:
+        time.sleep(0.2)
+      if all(p.poll() is not None for p in procs):
+        break
+    for p in procs:
+      if p.poll() is None:
+        p.terminate()
+        p.wait(timeout=30)
+  for t in pumps:
+    t.join(timeout=10)
+  returncodes = [p.wait() for p in procs]
+  return Outcome(returncodes, _first_failure(returncodes) if failed is None else failed, tail)
