@@ -121,7 +121,7 @@ def matmul_peak(n: int = 4096, reps: int = 5) -> float:
 class JaxStep:
   """A compiled jaxprune train step and its state (``prune``: distill_prune, else distill)."""
 
-  def __init__(self, s: Shape, prune: bool):
+  def __init__(self, s: Shape, prune: bool, dtype: str = "float32"):
     import jax
     import optax
     from jaxprune import masks, optim, sharding, train, transforms
@@ -129,7 +129,7 @@ class JaxStep:
 
     config = bert.BertConfig(vocab_size=s.vocab, hidden_size=s.hidden,
                              num_hidden_layers=s.layers, num_attention_heads=s.heads,
-                             intermediate_size=s.intermediate)
+                             intermediate_size=s.intermediate, dtype=dtype)
     student = bert.BertForSequenceClassification(config)
     tx = optim.bert_adam(LEARNING_RATE)
     self.schedule, self.count = (schedule() if prune else None), 0
@@ -369,12 +369,13 @@ class Timing:
     return ((EVENT_PERIOD - 1) * self.median + statistics.median(self.events)) / EVENT_PERIOD
 
 
-def bench_shape(name: str, s: Shape, steps: int, use_torch: bool, breakdown: bool) -> None:
-  print(f"\n== {name}: {s.layers} layers, hidden {s.hidden}, batch {s.batch}, seq {s.seq}",
-        flush=True)
+def bench_shape(name: str, s: Shape, steps: int, use_torch: bool, breakdown: bool,
+                dtype: str = "float32") -> None:
+  print(f"\n== {name}: {s.layers} layers, hidden {s.hidden}, batch {s.batch}, seq {s.seq}, "
+        f"jax compute dtype {dtype}", flush=True)
   runners: dict[str, Callable[[], float]] = {}
-  for label, make in [("jax prune", lambda: JaxStep(s, prune=True)),
-                      ("jax dense", lambda: JaxStep(s, prune=False)),
+  for label, make in [("jax prune", lambda: JaxStep(s, prune=True, dtype=dtype)),
+                      ("jax dense", lambda: JaxStep(s, prune=False, dtype=dtype)),
                       ("torch prune", lambda: TorchStep(s) if use_torch else None)]:
     t = time.perf_counter()
     runner = make()
@@ -438,6 +439,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--steps", type=int, default=8, help="timed steps per variant "
                       f"(>= {EVENT_PERIOD - 1} includes a mask event)")
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch step")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="compute dtype of the jax steps (bfloat16: mixed precision, "
+                      "config.precision; on a CPU without bf16 matmul units it may be slower)")
   parser.add_argument("--breakdown", action="store_true",
                       help="also time the pieces of the jax step (profile)")
   args = parser.parse_args(argv)
@@ -446,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
         f"torch threads {TORCH_THREADS}")
   print(f"float32 matmul peak (4096^3, jax): {matmul_peak():.0f} GFLOP/s")
   for name in args.shapes.split(","):
-    bench_shape(name, SHAPES[name], args.steps, not args.no_torch, args.breakdown)
+    bench_shape(name, SHAPES[name], args.steps, not args.no_torch, args.breakdown, args.dtype)
   print(f"\nmatmul peak re-measured at the end: {matmul_peak():.0f} GFLOP/s")
 
 
