@@ -9,12 +9,15 @@ are imported explicitly by those who need them.
 from jaxprune.distill import KDWeights
 from jaxprune.distill import attention_mse
 from jaxprune.distill import distillation_loss
+from jaxprune.distill import group_heads
 from jaxprune.distill import hidden_mse
+from jaxprune.distill import init_hidden_map
 from jaxprune.distill import kl_divergence
 from jaxprune.distill import label_cross_entropy
 from jaxprune.distill import layer_map
 from jaxprune.distill import regression_mse
 from jaxprune.distill import soft_cross_entropy
+from jaxprune.distill import split_params
 from jaxprune.masks import BERT_ENCODER_MATRICES
 from jaxprune.masks import Blocks
 from jaxprune.masks import LeafSparsity
@@ -66,7 +69,9 @@ __all__ = [
     "distillation_loss",
     "find_masks",
     "from_fn",
+    "group_heads",
     "hidden_mse",
+    "init_hidden_map",
     "keep_count",
     "kl_divergence",
     "label_cross_entropy",
@@ -80,5 +85,6 @@ __all__ = [
     "select",
     "soft_cross_entropy",
     "sparsity_report",
+    "split_params",
     "warmup_linear_schedule",
 ]

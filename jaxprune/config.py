@@ -97,6 +97,19 @@ def base_config() -> ml_collections.ConfigDict:
   # activations of the student and the teacher in bfloat16; params, gradients, optimizer
   # state and masks stay float32, softmax, LayerNorm statistics and every loss in float32.
   config.precision = "float32"
+  # A smaller dense student cut out of `model` before training (jaxprune.models.shrink;
+  # 0 keeps that size): the small-dense counterpart of SparseBERT (use it with
+  # method="distill"). Units are kept by weight magnitude; a narrower student learns the
+  # teacher's hidden states through a learned linear map W_h, dropped at export.
+  config.student = ml_collections.ConfigDict()
+  # Layers kept, uniformly spaced and ending at the last one (TinyBERT's layer map).
+  config.student.layers = 0
+  # Attention heads kept per layer; the width follows: hidden = heads * head_dim.
+  config.student.heads = 0
+  # FFN neurons kept per layer.
+  config.student.intermediate = 0
+  # Hidden (residual) dimensions kept; a multiple of head_dim (= heads * head_dim if both).
+  config.student.hidden = 0
   # The teacher for mode=prune: a finetune workdir or a fine-tuned HF checkpoint.
   config.teacher = ""
   # What mode=prune trains: "distill_prune" (SparseBERT), "prune_labels" (magnitude
@@ -276,6 +289,10 @@ def validate(config: ml_collections.ConfigDict, mode: str) -> None:
       if t[every] < 0 or (every != "eval_every" and t[every] == 0):
         raise ConfigError(f"{name}.{every}={t[every]}: expected >= 1"
                           + (" (or 0: once per epoch)" if every == "eval_every" else ""))
+  for name in ("layers", "heads", "intermediate", "hidden"):
+    value = config.student[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ConfigError(f"student.{name}={value!r}: expected an int >= 0 (0: keep)")
   if config.keep_checkpoints < 1:
     raise ConfigError(f"keep_checkpoints={config.keep_checkpoints}: expected >= 1")
   recipe.one_of("mode", mode, ("finetune", "prune"))

@@ -19,6 +19,25 @@ A student shallower than its teacher is matched with ``layer_map``: with
 teacher's attention of layer ``(i + 1) * k - 1`` and hidden state ``i * k`` (hidden
 state 0 is the embedding output; the student's last state meets the teacher's last).
 
+A narrower student (TinyBERT) learns the teacher's hidden states through a learned
+linear map ``W_h`` (``hidden_map``: ``h_s @ kernel + bias``, one map shared by the
+embedding output and every layer, as TinyBERT's code does). It is trained with the
+student: in a train state it lives under the top-level params key ``"distill"``
+(``params["distill"]["hidden_map"]``), so it is sharded and checkpointed with the state,
+the pruned weights (``masks.BERT_ENCODER_MATRICES``, chosen by path) never include it,
+and ``split_params`` drops it before export.
+
+A student with fewer heads (``A_s`` dividing the teacher's ``A_t``) learns, in each of
+its heads ``j``, the MEAN of the teacher's pre-softmax scores over heads
+``j * g .. (j + 1) * g - 1`` (``g = A_t / A_s``; ``group_heads``). Chosen over
+"prediction only when heads differ" so that a small dense student is distilled with
+the same three terms as SparseBERT (the comparison the paper makes), and because it
+reduces to the plain term when the counts are equal; padding survives the mean (every
+head masks the same keys). A consecutive group is a convention, not a correspondence:
+a student shrunk by importance keeps heads that need not sit in their group, so the
+attention term starts higher and the student re-learns its patterns; set
+``KDWeights(attention=0.0)`` to distil without it.
+
 Every mean is a per-example mean weighted by ``weight`` (1 for a real row, 0 for
 padding), so padded evaluation rows do not count; with all weights 1 (training batches)
 it is the reference's plain mean over everything.
@@ -43,6 +62,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -50,14 +70,20 @@ import jax.numpy as jnp
 
 __all__ = [
     "KDWeights",
+    "PARAMS_KEY",
     "attention_mse",
     "distillation_loss",
+    "group_heads",
+    "hidden_map_axes",
     "hidden_mse",
+    "init_hidden_map",
     "kl_divergence",
     "label_cross_entropy",
     "layer_map",
+    "map_hidden",
     "regression_mse",
     "soft_cross_entropy",
+    "split_params",
 ]
 
 # Attention scores at or below this are padding (the model adds -10000 there).
@@ -65,6 +91,8 @@ PADDING_THRESHOLD = -100.0
 PREDICTION_LOSSES = ("reference", "kl")
 # What the attention and hidden MSEs average over: every entry (reference) or real tokens.
 MEAN_OVER = ("all", "tokens")
+# The top-level params key of the trainable distillation maps (W_h), beside the model's.
+PARAMS_KEY = "distill"
 
 
 class KDWeights(NamedTuple):
@@ -205,6 +233,77 @@ def label_cross_entropy(logits: jax.Array, labels: jax.Array,
   return _weighted_mean(nll, weight)
 
 
+def group_heads(teacher_scores: jax.Array, student_heads: int) -> jax.Array:
+  """The teacher's attention scores averaged over consecutive groups of heads.
+
+  Args:
+    teacher_scores: (batch, A_t, len, len) scores.
+    student_heads: ``A_s``, a divisor of ``A_t``.
+
+  Returns:
+    (batch, A_s, len, len): head ``j`` is the mean of heads ``j*g .. (j+1)*g - 1``,
+    ``g = A_t / A_s``. Padded keys stay ``<= -100`` (all heads mask the same keys).
+
+  Example: scores of heads (a, b, c, d) grouped to 2 heads are ((a+b)/2, (c+d)/2).
+  """
+  batch, heads, *rest = teacher_scores.shape
+  if student_heads < 1 or heads % student_heads:
+    raise ValueError(f"cannot average {heads} teacher heads into {student_heads} student "
+                     "heads: the student's count must divide the teacher's")
+  grouped = teacher_scores.reshape(batch, student_heads, heads // student_heads, *rest)
+  return jnp.mean(grouped.astype(jnp.float32), axis=2)
+
+
+def init_hidden_map(rng: jax.Array, student_hidden: int, teacher_hidden: int,
+                    kept: Sequence[int] | None = None, stddev: float = 0.02
+                    ) -> dict[str, jax.Array]:
+  """A fresh ``W_h``: ``{"kernel": (student_hidden, teacher_hidden), "bias": zeros}``.
+
+  The kernel is N(0, ``stddev``) (TinyBERT's init), or, given ``kept`` (the teacher-width
+  dimensions a shrunk student kept, ``models.plan_shrink(...).hidden``), the selection
+  matrix ``kernel[i, kept[i]] = 1``: student dimension ``i`` starts as the teacher's
+  dimension it was cut from.
+
+  Example: ``init_hidden_map(jax.random.key(0), 192, 384)["kernel"].shape == (192, 384)``.
+  """
+  if kept is not None:
+    if len(kept) != student_hidden:
+      raise ValueError(f"kept has {len(kept)} dimensions, the student {student_hidden}")
+    kernel = jnp.zeros((student_hidden, teacher_hidden)).at[
+        jnp.arange(student_hidden), jnp.asarray(kept)].set(1.0)
+  else:
+    kernel = stddev * jax.random.normal(rng, (student_hidden, teacher_hidden))
+  return {"kernel": kernel.astype(jnp.float32), "bias": jnp.zeros((teacher_hidden,), jnp.float32)}
+
+
+def hidden_map_axes() -> dict[str, jax.sharding.PartitionSpec]:
+  """Logical axis names of ``init_hidden_map``'s arrays (replicated by the default rules).
+
+  Example::
+
+    axes = {**models.logical_axes(model), PARAMS_KEY: {"hidden_map": hidden_map_axes()}}
+  """
+  P = jax.sharding.PartitionSpec
+  return {"kernel": P("embed", "embed_out"), "bias": P("embed_out")}
+
+
+def map_hidden(hidden_map: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+  """``x @ kernel + bias`` in float32: a student hidden state in the teacher's width."""
+  return (jnp.einsum("...i,io->...o", x.astype(jnp.float32), hidden_map["kernel"])
+          + hidden_map["bias"])
+
+
+def split_params(params: Any) -> tuple[Any, dict[str, Any]]:
+  """``(model params, distillation maps)``: a train state's params without and with
+  only ``params[PARAMS_KEY]`` (``{}`` when absent).
+
+  Example: ``model_params, maps = split_params(state.params); maps.get("hidden_map")``.
+  """
+  if not isinstance(params, dict) or PARAMS_KEY not in params:
+    return params, {}
+  return {k: v for k, v in params.items() if k != PARAMS_KEY}, params[PARAMS_KEY]
+
+
 def layer_map(student_layers: int, teacher_layers: int) -> tuple[tuple[int, ...],
                                                                   tuple[int, ...]]:
   """Which teacher attention layers and hidden states each student one is matched to.
@@ -238,6 +337,7 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
                       weights: KDWeights = KDWeights(), temperature: float = 1.0,
                       prediction_loss: str = "reference",
                       token_mask: jax.Array | None = None,
+                      hidden_map: dict[str, jax.Array] | None = None,
                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The SparseBERT objective: weighted sum of the attention, hidden and prediction terms.
 
@@ -245,8 +345,10 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
     student: the student's forward output: anything with ``logits``, ``hidden_states``
       (embedding output + every layer) and ``attention_scores`` (every layer), e.g. a
       ``jaxprune.models.BertOutput``. States are only read for terms with weight != 0.
-    teacher: the teacher's output, same fields; it may be deeper (see ``layer_map``).
-      Gradients are not stopped here: pass teacher outputs computed outside the grad.
+    teacher: the teacher's output, same fields; it may be deeper (see ``layer_map``),
+      wider (give ``hidden_map``) and have more heads (a multiple of the student's:
+      see ``group_heads``). Gradients are not stopped here: pass teacher outputs
+      computed outside the grad.
     labels: gold labels, needed for a regression head (one logit), which learns them,
       and for a ``weights.labels`` term.
     weight: optional (batch,) row weights (0 = padding row).
@@ -256,6 +358,8 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
       classes, no ``T**2``) or ``"kl"`` (``kl_divergence``: ``T**2 * KL``).
     token_mask: optional (batch, len) attention mask: average the attention and hidden
       terms over real tokens only (None: over everything, as the reference).
+    hidden_map: optional ``W_h`` (``init_hidden_map``): student hidden states are
+      mapped to the teacher's width before the hidden term.
 
   Returns:
     ``(total, {"attention": ..., "hidden": ..., "prediction": ...})``, float32 scalars
@@ -281,19 +385,23 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
                              else "hidden_states", "teacher"))
     if not attention:  # counted from hidden states: embeddings + layers
       s_layers, t_layers = s_layers - 1, t_layers - 1
-    attention_map, hidden_map = layer_map(s_layers, t_layers)
+    attention_map, hidden_layers = layer_map(s_layers, t_layers)
     if attention:
       s_att, t_att = student.attention_scores, teacher.attention_scores
-      terms["attention"] = sum(attention_mse(s_att[i], t_att[j], weight, token_mask)
-                               for i, j in enumerate(attention_map))
+      heads = s_att[0].shape[1]
+      terms["attention"] = sum(
+          attention_mse(s_att[i], t_att[j] if t_att[j].shape[1] == heads
+                        else group_heads(t_att[j], heads), weight, token_mask)
+          for i, j in enumerate(attention_map))
     if hidden:
       s_hid = _required(student, "hidden_states", "student")
       t_hid = _required(teacher, "hidden_states", "teacher")
-      if len(s_hid) != len(hidden_map) or len(t_hid) != hidden_map[-1] + 1:
+      if len(s_hid) != len(hidden_layers) or len(t_hid) != hidden_layers[-1] + 1:
         raise ValueError(f"hidden_states: got {len(s_hid)} student and {len(t_hid)} "
                          f"teacher states for {s_layers} / {t_layers} layers")
-      terms["hidden"] = sum(hidden_mse(s_hid[i], t_hid[j], weight, token_mask)
-                            for i, j in enumerate(hidden_map))
+      fit = (lambda x: x) if hidden_map is None else functools.partial(map_hidden, hidden_map)
+      terms["hidden"] = sum(hidden_mse(fit(s_hid[i]), t_hid[j], weight, token_mask)
+                            for i, j in enumerate(hidden_layers))
 
   if is_active(weights.prediction) or is_active(weights.labels):
     s_logits = _required(student, "logits", "student")

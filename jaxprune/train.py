@@ -22,6 +22,11 @@ run silently trains dense.
 Regression tasks (one logit) learn the gold score with an MSE in every mode (the
 reference's prediction term for STS-B).
 
+A student narrower than its teacher carries TinyBERT's hidden map ``W_h`` in its params
+under ``distill.PARAMS_KEY`` (``params["distill"]["hidden_map"]``, see
+``distill.init_hidden_map``): it is trained with the student and the steps hand the
+model only the rest (``distill.split_params``).
+
 The reference preset (TinyBERT heritage) is ``teacher_dropout=True`` here plus
 ``classifier_relu=True`` in both models' ``BertConfig``; the defaults are the standard
 behaviour (teacher deterministic, no ReLU after the pooler).
@@ -116,7 +121,8 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
     tx: the optimizer that ``state.opt_state`` belongs to.
     mode: one of ``MODES``.
     teacher: the teacher model (distillation modes); it may be deeper than the student
-      (see ``distill.layer_map``) but must have the same hidden size.
+      (see ``distill.layer_map``), have more heads (``distill.group_heads``) and be
+      wider, if ``state.params["distill"]["hidden_map"]`` holds a ``W_h``.
     kd_weights: weights of the attention, hidden, prediction and gold-label terms; each
       a float or an optax-style schedule of the step (``count -> weight``), e.g. to
       switch the intermediate terms off for a final prediction-only phase.
@@ -167,6 +173,7 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
                        rngs={"dropout": rng}, **outputs)
 
   def loss_fn(params, teacher_out, batch, rng, step):
+    params, maps = distill.split_params(params)
     out = forward(student, params, batch, False, rng, output_hidden_states=need_hidden,
                   output_attention_scores=need_attention)
     if distills:
@@ -174,7 +181,8 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
           out, teacher_out, labels=batch["labels"], weight=batch["weight"],
           weights=distill.KDWeights(*(w(step) if callable(w) else w for w in kd_weights)),
           temperature=temperature, prediction_loss=prediction_loss,
-          token_mask=batch["attention_mask"] if kd_mean_over == "tokens" else None)
+          token_mask=batch["attention_mask"] if kd_mean_over == "tokens" else None,
+          hidden_map=maps.get("hidden_map"))
       return total, {f"{k}_loss": v for k, v in terms.items()}
     if regression:
       return distill.regression_mse(out.logits, batch["labels"], batch["weight"]), {}
@@ -211,13 +219,14 @@ def make_eval_step(model: nn.Module) -> Callable[[Any, Batch], jax.Array]:
   """Builds the pure ``eval_step(params, batch) -> logits`` (dropout off, float32).
 
   Rows with ``weight == 0`` are padding: their logits are computed but must be ignored
-  by the metrics.
+  by the metrics. ``params`` may carry distillation maps (ignored).
 
   Example: ``logits = jax.jit(make_eval_step(model))(state.params, batch)``.
   """
 
   def eval_step(params: Any, batch: Batch) -> jax.Array:
-    return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+    model_params, _ = distill.split_params(params)
+    return model.apply({"params": model_params}, batch["input_ids"], batch["attention_mask"],
                        batch["token_type_ids"], deterministic=True).logits
 
   return eval_step

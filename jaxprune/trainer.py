@@ -39,11 +39,13 @@ from tqdm import auto as tqdm
 from jaxprune import checkpoint
 from jaxprune import config as config_lib
 from jaxprune import data
+from jaxprune import distill
 from jaxprune import models
 from jaxprune import paths
 from jaxprune import recipe
 from jaxprune import report
 from jaxprune import sharding
+from jaxprune import student as student_lib
 from jaxprune import train
 from jaxprune.data import glue_dir, load_dev, load_train  # noqa: F401  (public names)
 from jaxprune.recipe import make_optimizer  # noqa: F401  (public name)
@@ -60,17 +62,20 @@ class TrainingError(RuntimeError):
 
 
 def load_teacher(name_or_workdir: str, num_labels: int, student_config: Any = None,
-                 **overrides: Any):
+                 hidden_map: bool = False, **overrides: Any):
   """The teacher: a finetune workdir (its ``hf/`` export) or an HF checkpoint; checked
-  against ``student_config`` (same vocabulary and width) when given."""
+  against ``student_config`` (same vocabulary, and same width unless ``hidden_map``: a
+  learned W_h maps the student's hidden states to the teacher's) when given."""
   source = models.run_model_dir(name_or_workdir)
   if source == name_or_workdir and not paths.is_dir(source) and (
       str(source).startswith(("/", ".")) or paths.is_remote(source)):
     raise config_lib.ConfigError(f"teacher {source}: no such directory (expected a finetune "
                                  "workdir or a fine-tuned HF checkpoint)")
   teacher = models.from_pretrained(source, num_labels=num_labels, **overrides)
-  for field, why in (("vocab_size", "they must share a tokenizer"),
-                     ("hidden_size", "hidden-state distillation needs equal widths")):
+  checks = [("vocab_size", "they must share a tokenizer")]
+  if not hidden_map:
+    checks.append(("hidden_size", "hidden-state distillation needs equal widths"))
+  for field, why in checks:
     t, s = getattr(teacher[2], field), getattr(student_config or teacher[2], field)
     if t != s:
       raise config_lib.ConfigError(f"teacher {field} {t} != student {field} {s}: {why}")
@@ -136,11 +141,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       **dict(config.model_overrides, hidden_dropout_prob=section.dropout,
              attention_probs_dropout_prob=section.dropout, dtype=config.precision,
              classifier_relu=config.distill.classifier_relu))
+  base_hidden, kept = student_config.hidden_size, None
+  if mode == "prune":
+    student, params, student_config, kept = student_lib.shrink_student(
+        config.student, params, student_config)
   teacher = teacher_params = None
   if distills:
-    teacher, teacher_params, _ = load_teacher(config.teacher, spec.num_labels, student_config,
-                                              classifier_relu=config.distill.classifier_relu,
-                                              dtype=config.precision)
+    teacher, teacher_params, teacher_config = load_teacher(
+        config.teacher, spec.num_labels, student_config, hidden_map=True,
+        classifier_relu=config.distill.classifier_relu, dtype=config.precision)
+    params = student_lib.add_hidden_map(params, student_config, teacher_config,
+                                        config.distill, kept, base_hidden, config.seed)
   train_data, dev_data = data.load_splits(config, spec, models.load_tokenizer(base_model),
                                           workdir, augment=mode == "prune", model=base_model,
                                           progress=progress)
@@ -150,8 +161,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                  f"{len(train_data['labels'])} training examples")
   total_steps = section.num_steps or max(1, int(round(section.epochs * per_epoch)))
   run = recipe.build(config, mode, total_steps)
+  student_axes = models.logical_axes(student)
+  if distill.PARAMS_KEY in params:
+    student_axes[distill.PARAMS_KEY] = {"hidden_map": distill.hidden_map_axes()}
   placed = sharding.place_run(
-      config.mesh_shape, models.logical_axes(student), params, run.tx,
+      config.mesh_shape, student_axes, params, run.tx,
       jax.random.key(config.seed), teacher_params=teacher_params,
       teacher_axes=models.logical_axes(teacher) if distills else None,
       batch_sizes={"batch_size": section.batch_size,
@@ -278,7 +292,7 @@ def _finish(workdir, config, model_config, state, best_ckpt, meta, last_scores,
   if best is not None and best["step"] != steps:
     params = best_ckpt.restore(best["step"], {"params": checkpoint.abstract(state.params)})[0][
         "params"]
-  params = jax.device_get(params)
+  params = distill.split_params(jax.device_get(params))[0]  # W_h is not part of the model
   selected = best or {"step": steps, "scores": last_scores}
   summary: dict[str, Any] = {
       "task": config.task, "mode": mode, "method": step_mode, "steps": steps,

@@ -3,6 +3,7 @@
 from types import SimpleNamespace
 
 from hypothesis import given, settings, strategies as st
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -242,3 +243,57 @@ def test_traced_weights_are_always_computed_and_scale_their_term():
   np.testing.assert_allclose(total, 2 * terms["hidden"] + terms["prediction"], rtol=RTOL)
   assert not distill.is_active(0) and not distill.is_active(0.0)
   assert distill.is_active(jnp.float32(0.0)) and distill.is_active(lambda step: 0.0)
+
+
+def test_group_heads_averages_consecutive_teacher_heads_and_keeps_padding():
+  t = np.arange(2 * 4 * 2 * 3, dtype=np.float32).reshape(2, 4, 2, 3)  # heads a, b, c, d
+  t[..., 2] -= 10000.0  # a padded key, in every head
+  grouped = np.asarray(distill.group_heads(t, 2))
+  np.testing.assert_allclose(grouped[:, 0], (t[:, 0] + t[:, 1]) / 2)
+  np.testing.assert_allclose(grouped[:, 1], (t[:, 2] + t[:, 3]) / 2)
+  assert (grouped[..., 2] <= distill.PADDING_THRESHOLD).all()
+  np.testing.assert_allclose(distill.group_heads(t, 1)[:, 0], t.mean(1))
+  np.testing.assert_array_equal(distill.group_heads(t, 4), t)
+  with pytest.raises(ValueError, match="cannot average 4 teacher heads into 3"):
+    distill.group_heads(t, 3)
+
+
+def test_fewer_student_heads_learn_the_group_means():
+  rs = np.random.RandomState(11)
+  student, teacher = fake_output(rs, 1), fake_output(rs, 2)
+  teacher.attention_scores = tuple(scores(rs, 3, 4, 5) for _ in range(2))  # 4 heads vs 2
+  _, terms = distill.distillation_loss(student, teacher,
+                                       weights=distill.KDWeights(hidden=0.0, prediction=0.0))
+  t = teacher.attention_scores[1]  # layer map: student layer 0 <- teacher layer 1
+  grouped = np.stack([(t[:, 0] + t[:, 1]) / 2, (t[:, 2] + t[:, 3]) / 2], axis=1)
+  np.testing.assert_allclose(terms["attention"],
+                             np_attention(student.attention_scores[0], grouped), rtol=RTOL)
+
+
+def test_hidden_map_projects_student_states_to_the_teacher_width():
+  rs = np.random.RandomState(12)
+  student, teacher = fake_output(rs, 1, hidden=2), fake_output(rs, 1, hidden=3)
+  hidden_map = {"kernel": np.array([[1.0, 0.0, 2.0], [0.0, -1.0, 0.5]], np.float32),
+                "bias": np.array([0.1, 0.2, 0.3], np.float32)}
+  _, terms = distill.distillation_loss(
+      student, teacher, weights=distill.KDWeights(attention=0.0, prediction=0.0),
+      hidden_map=hidden_map)
+  def mapped(h):  # by hand: [x0 + .1, -x1 + .2, 2 x0 + .5 x1 + .3]
+    return np.stack([h[..., 0] + 0.1, -h[..., 1] + 0.2, 2 * h[..., 0] + 0.5 * h[..., 1] + 0.3], -1)
+  expected = sum(np.mean((mapped(s) - t) ** 2)
+                 for s, t in zip(student.hidden_states, teacher.hidden_states))
+  np.testing.assert_allclose(terms["hidden"], expected, rtol=RTOL)
+  with pytest.raises(ValueError, match="hidden states: student shape"):
+    distill.distillation_loss(student, teacher, weights=distill.KDWeights(attention=0.0))
+
+
+def test_init_hidden_map_and_split_params():
+  selection = distill.init_hidden_map(None, 2, 4, kept=[1, 3])
+  np.testing.assert_array_equal(selection["kernel"], [[0, 1, 0, 0], [0, 0, 0, 1]])
+  np.testing.assert_array_equal(selection["bias"], np.zeros(4))
+  fresh = distill.init_hidden_map(jax.random.key(0), 16, 32)
+  assert fresh["kernel"].shape == (16, 32) and 0.01 < float(np.std(fresh["kernel"])) < 0.03
+  params = {"bert": {"x": 1}, "classifier": {"y": 2}, distill.PARAMS_KEY: {"hidden_map": fresh}}
+  model, maps = distill.split_params(params)
+  assert model == {"bert": {"x": 1}, "classifier": {"y": 2}} and maps["hidden_map"] is fresh
+  assert distill.split_params(model) == (model, {})

@@ -237,3 +237,34 @@ def test_kd_weight_schedules_switch_terms_off_at_the_boundary(label_batch):
   assert float(m["attention_loss"]) > 0 and float(m["hidden_loss"]) > 0
   assert float(m["loss"]) == pytest.approx(
       float(m["prediction_loss"] + 0.5 * m["labels_loss"]), rel=1e-5)
+
+
+def test_hidden_map_in_the_params_is_trained_never_pruned_and_ignored_by_eval(label_batch):
+  # A 1-layer, 16-wide, 2-head student and a 2-layer, 32-wide, 4-head teacher.
+  student, teacher = no_dropout(1, hidden_size=16, num_attention_heads=2), no_dropout(2)
+  s_params, t_params = worker.random_params(student, 0), worker.random_params(teacher, 1)
+  hidden_map = distill.init_hidden_map(jax.random.key(2), 16, 32)
+  params = {**s_params, distill.PARAMS_KEY: {"hidden_map": hidden_map}}
+  tx = optax.chain(optax.sgd(0.1),
+                   transforms.prune_by_magnitude(0.5, masks.BERT_ENCODER_MATRICES))
+  step = jax.jit(train.make_train_step(student, tx, mode="distill_prune", teacher=teacher,
+                                       learning_rate=0.1))
+  state, m = step(train.create_train_state(params, tx, jax.random.key(0)), t_params,
+                  label_batch)
+  args = (label_batch["input_ids"], label_batch["attention_mask"],
+          label_batch["token_type_ids"])
+  outputs = dict(output_hidden_states=True, output_attention_scores=True)
+  total, terms = distill.distillation_loss(
+      student.apply({"params": s_params}, *args, **outputs),
+      teacher.apply({"params": t_params}, *args, **outputs), weight=label_batch["weight"],
+      hidden_map=hidden_map)
+  assert float(m["loss"]) == pytest.approx(float(total), rel=1e-5)
+  assert float(m["hidden_loss"]) == pytest.approx(float(terms["hidden"]), rel=1e-5)
+  new_map = state.params[distill.PARAMS_KEY]["hidden_map"]
+  assert not np.allclose(new_map["kernel"], hidden_map["kernel"])  # trained
+  map_masks = transforms.find_masks(state.opt_state)[distill.PARAMS_KEY]["hidden_map"]
+  assert all(bool(np.all(x)) for x in jax.tree.leaves(map_masks))  # never pruned
+  model_params = distill.split_params(state.params)[0]
+  np.testing.assert_array_equal(
+      train.make_eval_step(student)(state.params, label_batch),
+      student.apply({"params": model_params}, *args).logits)
