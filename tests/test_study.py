@@ -1,0 +1,57 @@
+"""bench/glue_study.py: the grid, the small-dense sizing, and a smoke study that resumes."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("glue_study", ROOT / "bench" / "glue_study.py")
+study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(study)
+
+
+def test_grid_is_the_issue_grid():
+  cells = study.grid()
+  names = {(c.task, c.name) for c in cells}
+  assert len(cells) == len(names)
+  # 5 tasks x (sparsebert, magnitude, small_dense) x 2 sparsities, +2 seeds x 2 methods on
+  # RTE and MRPC at 0.9, + 4 ablations on RTE and MRPC at 0.9.
+  assert len(cells) == 5 * 3 * 2 + 2 * 2 * 2 + 2 * 4
+  assert ("RTE", "sparsebert-s90-seed2") in names and ("CoLA", "sparsebert-s90-seed1") not in names
+  assert ("MRPC", "no_hidden-s90-seed0") in names and ("MRPC", "no_hidden-s95-seed0") not in names
+  assert ("STS-B", "prediction_only-s90-seed0") not in names
+
+
+def test_small_dense_size_matches_the_sparse_weight_count():
+  from jaxprune.models import BertConfig, encoder_weight_count
+  minilm = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                      intermediate_size=1536)
+  size = study.small_dense_size(minilm, 0.1)
+  # 10% of 10,616,832 = 1,061,683; the closest shape with whole heads and the FFN ratio:
+  assert size == dict(layers=6, heads=4, intermediate=512)  # 6 x (4 x 128^2 + 2 x 128 x 512)
+  small = minilm.replace(num_hidden_layers=6, hidden_size=128, num_attention_heads=4,
+                         intermediate_size=512)
+  assert encoder_weight_count(small) == 1_179_648
+
+
+@pytest.mark.slow
+def test_smoke_study_runs_resumes_and_reports(tmp_path, glue_dir, minilm_dir):
+  results, md = tmp_path / "results.json", tmp_path / "results.md"
+  study.main(["--smoke", f"--root={tmp_path / 'runs'}", f"--results={results}",
+              f"--report={md}"])
+  rows = json.loads(results.read_text())
+  assert [r["method"] for r in rows] == ["sparsebert", "magnitude", "small_dense"]
+  for r in rows:
+    assert r["metric"] == "f1" and 0 <= r["score"] <= 1 and r["seconds"] > 0
+  sparse, _, dense = rows
+  # The small dense student has about the sparse one's non-zero encoder weights.
+  assert 0.5 < dense["encoder_nonzero"] / sparse["encoder_nonzero"] < 2
+  table = md.read_text()
+  assert "| MRPC | small_dense | 0.80 | 1 |" in table
+  # A re-run skips finished cells: nothing is trained again.
+  before = {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("summary.json")}
+  study.main(["--smoke", f"--root={tmp_path / 'runs'}", f"--results={results}"])
+  assert {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("summary.json")} == before
+  assert json.loads(results.read_text()) == rows
