@@ -21,7 +21,8 @@ Measured results (2-core CPU, one seed, official dev metric; docs/recipes.md has
   CoLA  teacher MCC 30.63 (12.5 min); 90% student MCC 25.01 (81.7%; constant baseline 0)
         in 23.6 min: below the 97% goal with this recipe.
   RTE   teacher accuracy 57.04 (majority 52.71) in 24.5 min; student not run yet.
-  STS-B not run yet.
+  STS-B teacher Pearson 86.77 / Spearman 86.49 (12.9 min); 90% student 84.41 / 84.34
+        (97.3% / 97.5%; constant baseline 0) in 36.7 min.
 The previous preset (lr 1e-4, 5 epochs, reference soft cross-entropy, no gold labels)
 collapsed to the majority class on MRPC.
 """
