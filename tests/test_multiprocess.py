@@ -126,25 +126,12 @@ def assert_matches_one_process(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-def test_whole_prune_run_on_two_processes_matches_one_with_padding_trim(one_process_prune_run,
-                                                                        tmp_path):
-  """The CLI's tiny prune job, padding trim and length grouping on: 2 processes x 2 CPU
-  devices on 127.0.0.1 against 1 process x 4 devices."""
-  args, _, reference = one_process_prune_run
-  wait(_two_processes(args, tmp_path / "two", tmp_path), tmp_path)
-  assert_matches_one_process(reference, _checkpoint(tmp_path / "two", STEPS))
-  summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-  assert summary["processes"] == 2 and summary["devices"] == 4
-  logs = [(tmp_path / f"two_{i}.log").read_text() for i in range(2)]
-  assert "[process 1]" in logs[1] or "[process 1]" not in logs[0]
-  assert len(_train_rows(tmp_path / "two")) == STEPS  # process 0 writes, once
-
-
-@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_matches(
     one_process_prune_run, tmp_path):
-  """A preemption notice that reaches only process 1: both save the same step, say so,
-  exit with 75; the same command resumes and ends where the 1-process run ended."""
+  """The CLI's tiny prune job (padding trim and length grouping on) on 2 processes x 2
+  CPU devices on 127.0.0.1, with a preemption notice that reaches only process 1: both
+  save the same step, say so, exit with 75; the same command resumes and ends where the
+  1-process x 4-device run ended, with one metrics row per step."""
   args, _, reference = one_process_prune_run
   workdir = tmp_path / "two"
   procs = _two_processes(args, workdir, tmp_path)
@@ -163,6 +150,12 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_matches(
   assert (workdir / "checkpoints" / str(step)).is_dir()
   wait(_two_processes(args, workdir, tmp_path), tmp_path)
   assert_matches_one_process(reference, _checkpoint(workdir, STEPS))
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["processes"] == 2 and summary["devices"] == 4
+  logs = [(tmp_path / f"two_{i}.log").read_text() for i in range(2)]
+  assert "[process 1]" in logs[1] or "[process 1]" not in logs[0]
+  # Process 0 writes each step's row once, also across the preemption and the resume.
+  assert [r["step"] for r in _train_rows(workdir)] == list(range(1, STEPS + 1))
 
 
 @pytest.mark.slow

@@ -111,13 +111,20 @@ def assert_same_states(a, b):
     np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_interrupt_and_resume_is_bitwise_exact(teacher_dir, tmp_path, sig):
+@pytest.fixture(scope="module")
+def uninterrupted(teacher_dir, tmp_path_factory):
+  """The tiny 16-step prune job run through: (its flags without --workdir, final state)."""
   args = ["--mode=prune", "--config=configs/tiny.py:steps=16,sparsity=0.8",
           f"--config.teacher={teacher_dir}"]
-  full = _cli(*args, f"--workdir={tmp_path / 'full'}")
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  full = _cli(*args, f"--workdir={workdir}")
   assert full.returncode == 0, full.stderr[-2000:]
+  return args, _final_state(workdir, 16)
 
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_interrupt_and_resume_is_bitwise_exact(uninterrupted, tmp_path, sig):
+  args, final = uninterrupted
   killed = tmp_path / "killed"
   code, stderr = interrupt(args, killed, sig, random.Random(os.getpid()).randint(3, 13))
   if sig == signal.SIGTERM:  # saved at a step boundary, said so in one line, code 75
@@ -130,7 +137,7 @@ def test_interrupt_and_resume_is_bitwise_exact(teacher_dir, tmp_path, sig):
     assert {"step": step, "kind": "preempted", "signal": 15} in rows
   resumed = _cli(*args, f"--workdir={killed}")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert_same_states(_final_state(tmp_path / "full", 16), _final_state(killed, 16))
+  assert_same_states(final, _final_state(killed, 16))
 
 
 @pytest.mark.slow
