@@ -64,10 +64,14 @@ SHAPES = {
     "bert-base": Shape(layers=12, hidden=768, heads=12, intermediate=3072, batch=8, seq=128),
     "minilm": Shape(layers=6, hidden=384, heads=12, intermediate=1536, batch=32, seq=128),
 }
-# jaxprune >= these times the PyTorch step (examples/s).
-TARGET_SPEEDUP = {"bert-base": 1.5, "minilm": 1.2}
+# Targets of the speed issue, on every shape: jaxprune >= TARGET_SPEEDUP x the eager
+# PyTorch step's examples/s (stretch: STRETCH_SPEEDUP); the pruning transform's cost on
+# non-event steps and amortised over the events; the dense BERT-base step's share of
+# XLA's float32 matmul peak.
+TARGET_SPEEDUP, STRETCH_SPEEDUP = 1.0, 1.2
 TARGET_PRUNE_OVERHEAD = 0.03
-TARGET_PEAK_FRACTION = 0.55
+TARGET_AMORTIZED_OVERHEAD = 0.05
+TARGET_PEAK_FRACTION = {"bert-base": 0.70}
 
 
 def step_flops(s: Shape) -> float:
@@ -116,6 +120,42 @@ def matmul_peak(n: int = 4096, reps: int = 5) -> float:
     f(a).block_until_ready()
     best = min(best, time.perf_counter() - t)
   return 2 * n ** 3 / best / 1e9
+
+
+def torch_matmul_peak(n: int = 4096, reps: int = 5) -> float | None:
+  """GFLOP/s of the best of ``reps`` float32 (n, n) @ (n, n) matmuls in PyTorch (MKL or
+  oneDNN), on TORCH_THREADS threads; None without torch."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  torch.set_num_threads(TORCH_THREADS)
+  a = torch.from_numpy(np.random.RandomState(0).standard_normal((n, n)).astype(np.float32))
+  a @ a  # warm up
+  best = math.inf
+  for _ in range(reps):
+    t = time.perf_counter()
+    a @ a
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best / 1e9
+
+
+def cpu_model() -> str:
+  """The CPU's model name (``/proc/cpuinfo``), its core count, and its matrix extensions."""
+  import os
+  import platform
+  name, flags = platform.processor() or platform.machine(), set()
+  try:
+    for line in open("/proc/cpuinfo"):
+      key, _, value = line.partition(":")
+      if key.strip() == "model name":
+        name = value.strip()
+      elif key.strip() == "flags":
+        flags = set(value.split())
+  except OSError:
+    pass
+  ext = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+  return f"{name}, {os.cpu_count()} cores" + (f" ({' '.join(ext)})" if ext else "")
 
 
 class JaxStep:
@@ -407,19 +447,22 @@ def bench_shape(name: str, s: Shape, steps: int, use_torch: bool, breakdown: boo
           f"{s.batch / tm.amortized:7.2f} {flops / tm.median / 1e9:8.1f} "
           f"{100 * flops / tm.median / 1e9 / peak:6.1f}%")
   jp, jd = timings["jax prune"], timings["jax dense"]
-  overhead = jp.amortized / jd.median - 1
-  fraction = flops / jp.median / 1e9 / peak
-  print(f"  pruning overhead (amortized, 1 event / {EVENT_PERIOD} steps): {100 * overhead:+.1f}% "
-        f"(non-event steps {100 * (jp.median / jd.median - 1):+.1f}%)  target <= "
-        f"{100 * TARGET_PRUNE_OVERHEAD:.0f}%: {'met' if overhead <= TARGET_PRUNE_OVERHEAD else 'MISSED'}")
-  print(f"  jax prune at {100 * fraction:.1f}% of the matmul peak  target >= "
-        f"{100 * TARGET_PEAK_FRACTION:.0f}%: "
-        f"{'met' if fraction >= TARGET_PEAK_FRACTION else 'MISSED'}")
+  verdict = lambda ok: "met" if ok else "MISSED"
+  non_event, overhead = jp.median / jd.median - 1, jp.amortized / jd.median - 1
+  print(f"  pruning overhead: non-event steps {100 * non_event:+.1f}% (target <= "
+        f"{100 * TARGET_PRUNE_OVERHEAD:.0f}%: {verdict(non_event <= TARGET_PRUNE_OVERHEAD)}), "
+        f"amortized over 1 event / {EVENT_PERIOD} steps {100 * overhead:+.1f}% (target <= "
+        f"{100 * TARGET_AMORTIZED_OVERHEAD:.0f}%: "
+        f"{verdict(overhead <= TARGET_AMORTIZED_OVERHEAD)})")
+  fraction = flops / jd.median / 1e9 / peak
+  target = TARGET_PEAK_FRACTION.get(name)
+  print(f"  jax dense at {100 * fraction:.1f}% of XLA's matmul peak"
+        + (f"  target >= {100 * target:.0f}%: {verdict(fraction >= target)}" if target else ""))
   if "torch prune" in timings:
     speedup = timings["torch prune"].amortized / jp.amortized
-    target = TARGET_SPEEDUP[name] if name in TARGET_SPEEDUP else 1.0
-    print(f"  jaxprune / torch examples/s: {speedup:.2f}x  target >= {target}x: "
-          f"{'met' if speedup >= target else 'MISSED'}")
+    print(f"  jaxprune / torch examples/s: {speedup:.2f}x  target >= {TARGET_SPEEDUP}x: "
+          f"{verdict(speedup >= TARGET_SPEEDUP)} (stretch {STRETCH_SPEEDUP}x: "
+          f"{verdict(speedup >= STRETCH_SPEEDUP)})")
   del runners
   if breakdown:
     print("  breakdown of the jax step (each piece jitted alone; median wall s, CPU s, "
@@ -446,9 +489,12 @@ def main(argv: list[str] | None = None) -> None:
                       help="also time the pieces of the jax step (profile)")
   args = parser.parse_args(argv)
   import jax
+  print(f"CPU: {cpu_model()}")
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}; "
         f"torch threads {TORCH_THREADS}")
-  print(f"float32 matmul peak (4096^3, jax): {matmul_peak():.0f} GFLOP/s")
+  torch_peak = None if args.no_torch else torch_matmul_peak()
+  print(f"float32 matmul peak (4096^3): jax/XLA {matmul_peak():.0f} GFLOP/s"
+        + (f", PyTorch {torch_peak:.0f} GFLOP/s" if torch_peak else ""))
   for name in args.shapes.split(","):
     bench_shape(name, SHAPES[name], args.steps, not args.no_torch, args.breakdown, args.dtype)
   print(f"\nmatmul peak re-measured at the end: {matmul_peak():.0f} GFLOP/s")

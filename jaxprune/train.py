@@ -177,12 +177,13 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
     out = forward(student, params, batch, False, rng, output_hidden_states=need_hidden,
                   output_attention_scores=need_attention)
     if distills:
-      total, terms = distill.distillation_loss(
-          out, teacher_out, labels=batch["labels"], weight=batch["weight"],
-          weights=distill.KDWeights(*(w(step) if callable(w) else w for w in kd_weights)),
-          temperature=temperature, prediction_loss=prediction_loss,
-          token_mask=batch["attention_mask"] if kd_mean_over == "tokens" else None,
-          hidden_map=maps.get("hidden_map"))
+      with jax.named_scope("distillation_loss"):
+        total, terms = distill.distillation_loss(
+            out, teacher_out, labels=batch["labels"], weight=batch["weight"],
+            weights=distill.KDWeights(*(w(step) if callable(w) else w for w in kd_weights)),
+            temperature=temperature, prediction_loss=prediction_loss,
+            token_mask=batch["attention_mask"] if kd_mean_over == "tokens" else None,
+            hidden_map=maps.get("hidden_map"))
       return total, {f"{k}_loss": v for k, v in terms.items()}
     if regression:
       return distill.regression_mse(out.logits, batch["labels"], batch["weight"]), {}
@@ -193,22 +194,26 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     student_rng, teacher_rng = jax.random.split(rng)
     teacher_out = None
+    # The named scopes label the ops in profiles (bench/profile_step.py) at no cost.
     if distills:
-      teacher_out = jax.lax.stop_gradient(forward(
-          teacher, teacher_params, batch, not teacher_dropout, teacher_rng,
-          output_hidden_states=need_hidden, output_attention_scores=need_attention))
+      with jax.named_scope("teacher"):
+        teacher_out = jax.lax.stop_gradient(forward(
+            teacher, teacher_params, batch, not teacher_dropout, teacher_rng,
+            output_hidden_states=need_hidden, output_attention_scores=need_attention))
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, teacher_out, batch, student_rng, state.step)
     hint = {} if prune_event is None else {"prune_event": prune_event}
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, **hint)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {
-        "loss": loss,
-        **terms,
-        "grad_norm": optax.tree.norm(grads),
-        "learning_rate": _learning_rate(opt_state, learning_rate, state.step),
-        "sparsity": _sparsity(opt_state, params, prune_where, mode, prunes),
-    }
+    with jax.named_scope("optimizer"):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params, **hint)
+      params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("metrics"):
+      metrics = {
+          "loss": loss,
+          **terms,
+          "grad_norm": optax.tree.norm(grads),
+          "learning_rate": _learning_rate(opt_state, learning_rate, state.step),
+          "sparsity": _sparsity(opt_state, params, prune_where, mode, prunes),
+      }
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 

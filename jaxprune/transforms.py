@@ -181,9 +181,10 @@ def prune_by_magnitude(sparsity: schedules.ScheduleLike,
     idx = p_plan.prunable
     new_us, new_ms = list(us), list(ms)
     if idx:
-      sub_us, sub_ms = prunable_updates(count, [ps[i] for i in idx], [us[i] for i in idx],
-                                        [ms[i] for i in idx], units=p_plan.units,
-                                        event=prune_event)
+      with jax.named_scope("prune_by_magnitude"):  # labels its ops in profiles
+        sub_us, sub_ms = prunable_updates(count, [ps[i] for i in idx], [us[i] for i in idx],
+                                          [ms[i] for i in idx], units=p_plan.units,
+                                          event=prune_event)
       for i, u, m in zip(idx, sub_us, sub_ms):
         new_us[i], new_ms[i] = u, m
     return (treedef.unflatten(new_us),
