@@ -14,7 +14,7 @@ that ``jaxprune.train`` puts around the teacher, the distillation loss, the opti
 ``prune_by_magnitude`` and the metrics). Classes:
 
 * matmuls, forward / input-gradient / weight-gradient: the dense layers' dot products
-  (a backward dot whose result has a kernel's shape is a weight gradient);
+  (a backward dot whose result has no token axis is a weight gradient);
 * attention batched matmuls: the ``bhqd,bhkd`` score and context products, both passes;
 * softmax / LayerNorm / GELU / dropout apply: the model's elementwise ops and reductions;
 * dropout RNG: threefry bits of the dropout masks;
@@ -24,8 +24,10 @@ that ``jaxprune.train`` puts around the teacher, the distillation loss, the opti
 * transposes and copies: layout changes XLA inserted;
 * other: the rest.
 
-The wall time per step is measured outside the profiler; "op time" sums the ops'
-durations (ops can overlap on the thread pool, so the sum may exceed the wall time).
+XLA's CPU runtime runs independent ops concurrently, so time is attributed by wall
+clock: each instant of the trace is split equally among the ops running then; "busy"
+is the sum, the time the step had an op running. The wall time per step is measured
+outside the profiler.
 """
 
 from __future__ import annotations
@@ -91,7 +93,9 @@ def _dots(item: dict, computations: dict[str, list[dict]], depth: int = 0) -> li
 
 
 def classify(item: dict, computations: dict[str, list[dict]],
-             kernel_shapes: set[tuple[int, ...]]) -> str:
+             tokens_dims: tuple[int, int]) -> str:
+  """The op class (one of CLASSES) of an executed HLO instruction; ``tokens_dims`` is the
+  (batch, sequence length) of the step's input."""
   name = item["op_name"]
   for scope, label in (("/metrics/", "metrics"), ("prune_by_magnitude", "pruning transform"),
                        ("/optimizer/", "optimizer")):
@@ -104,16 +108,17 @@ def classify(item: dict, computations: dict[str, list[dict]],
     if any("lhs_batch_dims={" in d["line"] and "lhs_batch_dims={}" not in d["line"]
            for d in dots) or re.search(r"bh?q|bqh|bkh", name):
       return "attention batched matmuls"
-    if "transpose(" in name:
-      return ("matmuls weight-gradient" if _dims(item["shape"]) in kernel_shapes
-              else "matmuls input-gradient")
+    if "transpose(" in name:  # the backward: a gradient w.r.t. activations has a token axis
+      dims = _dims(item["shape"])
+      tokens = tokens_dims[0] * tokens_dims[1] in dims or set(tokens_dims) <= set(dims)
+      return "matmuls input-gradient" if tokens else "matmuls weight-gradient"
     return "matmuls forward"
   if "distillation_loss" in name:
     return "distillation loss"
   if "embeddings/" in name and "LayerNorm" not in name:
     return "embeddings"
-  if (item["opcode"] in ("copy", "transpose") or re.match(r"(copy|transpose)", item["name"])
-      or re.search(r"/(reshape|transpose)$", name)):
+  if (item["opcode"] in ("copy", "transpose") or not name
+      or re.search(r"/(reshape|transpose|copy)$", name)):
     return "transposes and copies"
   if "BertForSequenceClassification" in name:
     return "softmax/LayerNorm/GELU/dropout apply"
@@ -121,16 +126,43 @@ def classify(item: dict, computations: dict[str, list[dict]],
 
 
 def trace_op_times(trace_dir: Path, instructions: dict) -> dict[str, float]:
-  """Seconds per HLO instruction, summed over the trace."""
+  """Wall-clock seconds per HLO instruction over the trace, overlap shared out.
+
+  XLA's CPU runtime runs independent ops concurrently and some (the Eigen dots) return
+  before their work is done: an op's span runs from its event's start to the end of its
+  ``end: <op>`` event. Where spans overlap, each instant is split equally among the ops
+  running then, so the per-op times add up to the time the step kept the CPU busy.
+  """
   files = sorted(trace_dir.rglob("perfetto_trace.json.gz"))
   if not files:
     raise SystemExit(f"no perfetto_trace.json.gz under {trace_dir}")
   data = json.load(gzip.open(files[-1]))
   events = data["traceEvents"] if isinstance(data, dict) else data
-  out = collections.Counter()
+  begins, ends = collections.defaultdict(list), collections.defaultdict(list)
   for e in events:
-    if e.get("ph") == "X" and e.get("name") in instructions:
-      out[e["name"]] += e.get("dur", 0) / 1e6
+    if e.get("ph") != "X":
+      continue
+    name, t0, t1 = e.get("name", ""), e["ts"], e["ts"] + e.get("dur", 0)
+    if name in instructions:
+      begins[name].append((t0, t1))
+    elif name.startswith("end: ") and name[5:] in instructions:
+      ends[name[5:]].append(t1)
+  spans = []  # (start, end, op)
+  for name, starts in begins.items():
+    starts.sort()
+    done = sorted(ends.get(name, []))
+    for i, (t0, t1) in enumerate(starts):
+      spans.append((t0, max(t1, done[i]) if len(done) == len(starts) else t1, name))
+  edges = sorted([(t0, 1, i) for i, (t0, _, _) in enumerate(spans)]
+                 + [(t1, 0, i) for i, (_, t1, _) in enumerate(spans)])
+  out, active, last = collections.Counter(), set(), None
+  for t, starting, i in edges:
+    if active and last is not None and t > last:
+      share = (t - last) / 1e6 / len(active)
+      for j in active:
+        out[spans[j][2]] += share
+    (active.add if starting else active.discard)(i)
+    last = t
   return out
 
 
@@ -152,7 +184,6 @@ def profile(s: bench.Shape, prune: bool, steps: int, dtype: str = "float32") -> 
     run()
     walls.append(time.perf_counter() - t)
   instructions, computations = parse_hlo(compiled.as_text())
-  kernel_shapes = {tuple(x.shape) for x in jax.tree.leaves(state.params) if x.ndim == 2}
   with tempfile.TemporaryDirectory() as tmp:
     with jax.profiler.trace(tmp, create_perfetto_trace=True):
       for _ in range(steps):
@@ -160,7 +191,7 @@ def profile(s: bench.Shape, prune: bool, steps: int, dtype: str = "float32") -> 
     times = trace_op_times(Path(tmp), instructions)
   per_class, top = collections.Counter(), collections.defaultdict(collections.Counter)
   for name, seconds in times.items():
-    label = classify(instructions[name], computations, kernel_shapes)
+    label = classify(instructions[name], computations, (s.batch, s.seq))
     per_class[label] += seconds / steps
     top[label][instructions[name]["op_name"] or name] += seconds / steps
   return dict(wall=statistics.median(walls), classes=per_class, top=top)
@@ -192,8 +223,8 @@ def main(argv: list[str] | None = None) -> None:
                     f"{100 * r['classes'][label] / max(sum(r['classes'].values()), 1e-9):5.1f}%"
                     for r in results.values())
       print(f"  {label:40}{row}")
-    print(f"  {'op time (sum)':40}" + "".join(f"  {sum(r['classes'].values()):13.3f} {'':6}"
-                                           for r in results.values()))
+    busy = "".join(f"  {sum(r['classes'].values()):13.3f} {'':6}" for r in results.values())
+    print(f"  {'busy (sum of the above)':40}" + busy)
     print(f"  {'wall time per step':40}" + "".join(f"  {r['wall']:13.3f} {'':6}"
                                                 for r in results.values()))
     if args.top:
