@@ -28,8 +28,9 @@
 #
 # The model is MiniLM-L6 (`sentence-transformers/all-MiniLM-L6-v2`, a 6-layer, 384-wide
 # uncased BERT). The full run (SST-2, 40,000 training sentences) is the recipe of the
-# repository's `make demo`, which takes 18 minutes on a 2-core CPU; on a TPU runtime the
-# training step is sharded over all its devices. `SMOKE = True` runs the same cells on a
+# repository's `make demo`; run top to bottom on a 2-core CPU it took 18 minutes and
+# ended with the teacher at 87.04% and the 90%-sparse student at 85.89% dev accuracy
+# (colab/README.md). On a TPU runtime the training step is sharded over all its devices. `SMOKE = True` runs the same cells on a
 # tiny random BERT in about a minute on a CPU.
 
 # %%

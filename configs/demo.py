@@ -18,11 +18,12 @@
    the pruned model is written as a Hugging Face directory (runs/demo/student/hf).
 
 Measured on the 2-core CPU (2026-11-30, Intel Xeon; other jobs shared the CPU, so the
-times are upper bounds): teacher 87.04% dev accuracy (7.7 min), student at exactly
-90.0% encoder sparsity 85.89% (14.9 min; 1,061,664 of 10,616,832 encoder weights
-left): 1.15 points behind. The previous recipe (the reference's soft cross-entropy, no
-gold labels, MSEs over all positions) ended 2.64 points behind in 17.6 min on the idle
-CPU (2026-11-24).
+times are upper bounds): teacher 87.04% dev accuracy (7.7 min), student at exactly 90.0%
+encoder sparsity 85.89% (14.9 min; 1,061,664 of 10,616,832 encoder weights left): 1.15
+points behind. On the idle CPU the same two runs, as the full mode of
+colab/sparsebert_glue.ipynb (same scores), took 5.2 + 12.1 min. The previous recipe (the
+reference's soft cross-entropy, no gold labels, MSEs over all positions) ended 2.64
+points behind in 17.6 min on the idle CPU (2026-11-24).
 
 How the student's settings were chosen (student runs alone against one teacher at
 86.81%, final dev accuracy, one seed each: differences under ~0.5 point are noise):
