@@ -35,7 +35,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     argv = flags.FLAGS(argv)
     error = getattr(flags.FLAGS["config"].value, "_error", None)  # a config file not loaded
-  except flags.Error as e:
+  except (flags.Error, OSError) as e:  # OSError: --config.<field> on a file not loaded
     error = e
   except (AttributeError, KeyError) as e:  # ml_collections: --config.<no such field>
     field = str(e).strip("\"'")
