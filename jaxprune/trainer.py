@@ -194,8 +194,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     log.info("resumed %s at step %d", workdir, int(state.step))
   start = int(jax.device_get(state.step))
   writer = report.MetricWriter(workdir, enabled=lead)
-  meta["baseline_scores"] = data.constant_baseline(spec, train_data["labels"],
-                                                   dev_data["labels"])
+  # The majority class of the task's own training split: an augmented copy's label mix
+  # can differ (RTE x4 flips it), and a baseline from it would hide a collapse.
+  prior = (data.read_split(config, spec, config.train_split).labels
+           if mode == "prune" and config.augment_copies > 0 else train_data["labels"])
+  meta["baseline_scores"] = data.constant_baseline(spec, prior, dev_data["labels"])
   if distills and meta.get("teacher_scores") is None:
     teacher_eval = sharding.jit_eval_step(train.make_eval_step(teacher), mesh,
                                           placed.teacher_shardings)
