@@ -15,9 +15,9 @@ predictions (T=1), the attention and hidden MSEs averaged over real tokens, and 
 two terms switched off for the last 20% of the steps.
 
 Measured results (2-core CPU, one seed, official dev metric; docs/recipes.md has every run):
-  MRPC  teacher F1 86.29 / acc 80.15 (20 min); 90% student F1 84.05 / acc 76.47 (97.4%
-        of the teacher's F1; majority class 81.22 / 68.38) in 25 min with 1,100 steps
-        (10 epochs are 1,140); 1,500 steps reached 85.02 (98.5%), within one seed's noise.
+  MRPC  teacher F1 86.29 / acc 80.15 (20 min); 90% student, this preset with seed 1:
+        F1 84.60 / acc 76.72 (98.0% of the teacher's F1; majority class 81.22 / 68.38)
+        in 24.6 min; seed 42 with 1,100 steps: 84.05 (97.4%); 1,500 steps: 85.02 (98.5%).
   CoLA  teacher MCC 30.63 (12.5 min); 90% student MCC 25.01 (81.7%; constant baseline 0)
         in 23.6 min: below the 97% goal with this recipe.
   RTE   teacher accuracy 57.04 (majority 52.71) in 24.5 min; the 90% student collapses to
