@@ -21,7 +21,9 @@ step by step (so that other load on the machine hits all of them alike):
   ``kthvalue`` thresholds on event steps).
 
 Times are medians of wall-clock seconds per step over non-event steps; event steps are
-timed separately and amortized over the event period. GFLOP/s counts the matmul FLOPs
+timed separately and amortized over the event period. The variants take turns at
+starting each round (the first step of a round pays for re-faulting memory that the
+others and the peak measurement freed). GFLOP/s counts the matmul FLOPs
 of the model (teacher forward + student forward and backward = 4 forwards); the peak is
 a large float32 matmul timed once after every round of steps (the median is used).
 """
@@ -427,8 +429,13 @@ def bench_shape(name: str, s: Shape, steps: int, use_torch: bool, breakdown: boo
   events = schedule()
   timings = {label: Timing() for label in runners}
   peaks = []
+  labels = list(runners)
   for t in range(2, steps + 2):  # step 1 was the warm-up
-    for label, runner in runners.items():
+    # Each round starts with another variant: the first step after the matmul peak and
+    # the other variants pays for re-faulting its freed buffers (up to +50% measured),
+    # which a fixed order would charge to one variant only.
+    for label in labels[t % len(labels):] + labels[:t % len(labels)]:
+      runner = runners[label]
       seconds = runner()
       is_event = events.is_event(t) and "prune" in label
       (timings[label].events if is_event else timings[label].normal).append(seconds)
