@@ -301,3 +301,26 @@ def test_student_on_augmented_data_with_labels_and_a_prediction_only_phase(teach
   late = train_rows[-1]  # step 12 of 12: predictions and labels only
   assert late["loss"] == pytest.approx(late["prediction_loss"] + 0.5 * late["labels_loss"],
                                        rel=1e-4)
+
+
+def test_majority_baseline_comes_from_the_task_not_the_augmented_rows(teacher_dir, glue_dir,
+                                                                       tmp_path):
+  """An augmented split can flip the label mix (RTE x4 does): the summary's baseline, and
+  so its collapse warning, must still be the task's own majority class."""
+  config = tiny_config()
+  config.teacher, config.augment_copies = str(teacher_dir), 1
+  config.aug_dir = str(tmp_path / "aug")
+  # A ready augmented split (its stamp matches, so it is used as is): every row says
+  # "not a paraphrase", where MRPC's training set is 68% paraphrases.
+  rows = (Path(glue_dir) / "MRPC" / "train.tsv").read_text(encoding="utf-8-sig").splitlines()
+  flipped = [rows[0]] + ["0" + r[r.index("\t"):] for r in rows[1:200]]
+  (tmp_path / "aug" / "MRPC").mkdir(parents=True)
+  (tmp_path / "aug" / "MRPC" / "train_aug.tsv").write_text("\n".join(flipped) + "\n")
+  (tmp_path / "aug" / "MRPC" / "augment.json").write_text(json.dumps(
+      {"copies": 1, "seed": config.seed, "model": "minilm-l6", "source": "tsv"}))
+  summary = trainer.train_and_evaluate(config, tmp_path / "s", "prune", progress=False)
+  used = (tmp_path / "aug" / "MRPC" / "train_aug.tsv").read_text().splitlines()[1:]
+  assert len(used) == 199 and all(r.startswith("0\t") for r in used)  # not remade
+  # Always "paraphrase" has F1 > 0.5 on MRPC dev; always "not" (the flipped rows'
+  # majority) would have F1 0.
+  assert summary["baseline_scores"]["f1"] > 0.5, summary["baseline_scores"]
