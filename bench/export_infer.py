@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -321,7 +320,8 @@ def main() -> None:
   import torch
   torch.set_num_threads(args.torch_threads)
   cuda = torch.cuda.is_available()
-  print(f"device: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+  from train_step import cpu_model  # bench/train_step.py
+  print(f"device: {cpu_model()}, "
         f"torch {torch.__version__} ({args.torch_threads} threads, OMP_WAIT_POLICY="
         f"{os.environ['OMP_WAIT_POLICY']}), jax {jax.__version__} "
         f"on {jax.devices()[0].platform}"
