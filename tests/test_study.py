@@ -22,6 +22,12 @@ def test_grid_is_the_issue_grid():
   assert ("RTE", "sparsebert-s90-seed2") in names and ("CoLA", "sparsebert-s90-seed1") not in names
   assert ("MRPC", "no_hidden-s90-seed0") in names and ("MRPC", "no_hidden-s95-seed0") not in names
   assert ("STS-B", "prediction_only-s90-seed0") not in names
+  # The headline runs first (a partly run grid answers it), then 95%, seeds, ablations.
+  assert cells[:15] == [study.Cell(t, m, 0.9, 0) for t in study.TASKS
+                        for m in ("sparsebert", "magnitude", "small_dense")]
+  assert {c.sparsity for c in cells[15:30]} == {0.95}
+  assert [c.seed for c in cells[30:38]] == [1, 2] * 4
+  assert {c.method for c in cells[38:]} == set(study.ABLATIONS)
 
 
 def test_small_dense_size_matches_the_sparse_weight_count():
