@@ -151,6 +151,17 @@ def _run(config: Any, workdir: Path, mode: str) -> dict:
   return summary
 
 
+def _provenance() -> dict[str, str]:
+  """Where a cell ran: the CPU, the jax version and the jaxprune commit."""
+  import subprocess
+  import jax
+  sys.path.insert(0, str(Path(__file__).parent))
+  from train_step import cpu_model  # bench/train_step.py
+  commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+  return dict(cpu=cpu_model(), jax=jax.__version__, commit=commit or "unknown")
+
+
 def run_study(root: Path, cells: list[Cell], results: Path, smoke: bool = False) -> list[dict]:
   """Runs every cell in order (a task's teacher when its first cell needs it) and writes
   one result row per finished cell."""
@@ -171,7 +182,8 @@ def run_study(root: Path, cells: list[Cell], results: Path, smoke: bool = False)
         seed=cell.seed, metric=metric, score=score, teacher=teacher_score,
         retention=score / teacher_score if teacher_score else None,
         baseline=(s.get("baseline_scores") or {}).get(metric),
-        encoder_nonzero=s.get("encoder_nonzero"), steps=s["steps"], seconds=s["seconds"])
+        encoder_nonzero=s.get("encoder_nonzero"), steps=s["steps"], seconds=s["seconds"],
+        **_provenance())
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(list(rows.values()), indent=1) + "\n")
   return list(rows.values())
