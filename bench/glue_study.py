@@ -5,7 +5,7 @@ cells are skipped; cells run one at a time, in-process, through the trainer):
 
   python bench/glue_study.py --root runs/study                 # the whole grid
   python bench/glue_study.py --root runs/study --tasks rte,mrpc --methods sparsebert
-  python bench/glue_study.py --root runs/study --report docs/results.md   # tables + plots
+  python bench/glue_study.py --report-only --report docs/results.md  # tables + plots
 
 The grid (``grid``): per task a teacher (``configs/minilm_glue.py``'s finetune), then
 cells of (task, method, sparsity, seed):
@@ -189,46 +189,183 @@ def run_study(root: Path, cells: list[Cell], results: Path, smoke: bool = False)
   return list(rows.values())
 
 
-def report(rows: list[dict], out_md: Path) -> None:
-  """Markdown tables (mean +/- std over seeds) and a plot of score vs non-zero encoder
-  weights per method, one panel per task, next to ``out_md``."""
+HEADLINE = ("sparsebert", "magnitude", "small_dense")
+BEGIN, END = "<!-- glue_study report: begin -->", "<!-- glue_study report: end -->"
+
+
+def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
   groups: dict[tuple, list[dict]] = {}
   for r in rows:
     groups.setdefault((r["task"], r["method"], r["sparsity"]), []).append(r)
-  lines = ["| task | method | sparsity | seeds | score | retention | non-zero encoder "
-           "weights | minutes |", "|---|---|---|---|---|---|---|---|"]
+  return groups
+
+
+def _mean(values) -> float | None:
+  values = [v for v in values if v is not None]
+  return statistics.mean(values) if values else None
+
+
+def averages(rows: list[dict]) -> dict[tuple[str, float], tuple[float, int]]:
+  """(method, sparsity) -> (mean over tasks of the mean retention over seeds, #tasks)."""
+  per_task: dict[tuple, list[float]] = {}
+  for (task, method, sparsity), rs in _groups(rows).items():
+    retention = _mean(r["retention"] for r in rs)
+    if retention is not None:
+      per_task.setdefault((method, sparsity), []).append(retention)
+  return {key: (statistics.mean(v), len(v)) for key, v in per_task.items()}
+
+
+def _cell_text(rs: list[dict]) -> str:
+  scores = [100 * r["score"] for r in rs]
+  spread = f" ± {statistics.stdev(scores):.2f}" if len(scores) > 1 else ""
+  retention = _mean(r["retention"] for r in rs)
+  kept = f" ({100 * retention:.1f}%)" if retention is not None else ""
+  return f"{statistics.mean(scores):.2f}{spread}{kept}"
+
+
+def _targets(avg: dict, n_tasks: int) -> list[str]:
+  """The issue's targets, checked on the five-task averages (pending until complete)."""
+  lines = []
+  for sparsity, goal in ((0.9, 0.985), (0.95, 0.97)):
+    got = avg.get(("sparsebert", sparsity))
+    if not got or got[1] < n_tasks:
+      lines.append(f"- SparseBERT at {sparsity:.0%} keeps >= {goal:.1%}: pending "
+                   f"({got[1] if got else 0} of {n_tasks} tasks run)")
+      continue
+    verdict = "met" if got[0] >= goal else f"missed by {100 * (goal - got[0]):.1f} points"
+    lines.append(f"- SparseBERT at {sparsity:.0%} keeps {got[0]:.1%} on average "
+                 f"(target >= {goal:.1%}): {verdict}")
+    for other in ("small_dense", "magnitude"):
+      theirs = avg.get((other, sparsity))
+      if not theirs or theirs[1] < n_tasks:
+        lines.append(f"  - vs {other}: pending")
+      else:
+        diff = 100 * (got[0] - theirs[0])
+        lines.append(f"  - vs {other} ({theirs[0]:.1%}): {'beats it' if diff > 0 else 'loses'}"
+                     f" by {abs(diff):.1f} points of retention")
+  return lines
+
+
+def report(rows: list[dict], out_md: Path, cells: list[Cell] | None = None,
+           tasks: tuple[str, ...] = TASKS) -> None:
+  """Writes the study's tables, targets and plots into ``out_md``, between the two report
+  markers when the file has them (so the hand-written discussion around them stays)."""
+  groups = _groups(rows)
+  avg = averages(rows)
+  done = {(r["task"], r["cell"]) for r in rows}
+  lines = [BEGIN, "", f"Cells run: {len(done)}"
+           + (f" of {len(cells)}" if cells is not None else "") + "."]
+  provenance = sorted({(r.get("cpu", "?"), r.get("jax", "?")) for r in rows})
+  lines += [f"Machine: {cpu}; jax {jax}." for cpu, jax in provenance]
+  commits = sorted({r.get("commit", "?") for r in rows})
+  lines += [f"jaxprune commits: {', '.join(commits)}.", "", "### Targets (five-task averages of retention)", ""]
+  lines += _targets(avg, len(tasks))
+  for sparsity in (0.9, 0.95):
+    lines += ["", f"### {sparsity:.0%} sparsity (small dense: the same number of encoder "
+              "weights): official dev metric (retention of the teacher's score)", "",
+              "| method | " + " | ".join(tasks) + " | average retention |",
+              "|---|" + "---|" * (len(tasks) + 1)]
+    teacher = {t: next((r["teacher"] for r in rows if r["task"] == t), None) for t in tasks}
+    lines.append("| teacher | " + " | ".join(
+        f"{100 * teacher[t]:.2f}" if teacher[t] is not None else "" for t in tasks) + " | |")
+    for method in METHODS:
+      if not any((t, method, sparsity) in groups for t in tasks):
+        continue
+      cells_text = [_cell_text(groups[(t, method, sparsity)]) if (t, method, sparsity) in groups
+                    else "pending" for t in tasks]
+      mean, n = avg.get((method, sparsity), (None, 0))
+      summary = f"{mean:.1%}" + (f" ({n} of {len(tasks)} tasks)" if n < len(tasks) else "")
+      lines.append(f"| {method} | " + " | ".join(cells_text) + f" | {summary} |")
+  lines += ["", "### Every cell (mean ± std over seeds)", "",
+            "| task | method | sparsity | seeds | metric | score | retention | baseline | "
+            "non-zero encoder weights | steps | minutes |", "|---|" * 11 + ""]
+  lines[-1] = "|" + "---|" * 11
   for (task, method, sparsity), rs in sorted(groups.items()):
-    scores = [100 * r["score"] for r in rs]
-    spread = f" +/- {statistics.stdev(scores):.2f}" if len(scores) > 1 else ""
-    retention = statistics.mean(r["retention"] for r in rs if r["retention"] is not None)
-    minutes = statistics.mean((r["seconds"] or 0) / 60 for r in rs)
-    lines.append(f"| {task} | {method} | {sparsity:.2f} | {len(rs)} | "
-                 f"{statistics.mean(scores):.2f}{spread} ({rs[0]['metric']}) | "
-                 f"{100 * retention:.1f}% | {rs[0]['encoder_nonzero']:,} | {minutes:.1f} |")
+    retention, baseline = _mean(r["retention"] for r in rs), rs[0].get("baseline")
+    minutes = _mean((r["seconds"] or 0) / 60 for r in rs)
+    lines.append(
+        f"| {task} | {method} | {sparsity:.2f} | {len(rs)} | {rs[0]['metric']} | "
+        f"{_cell_text(rs).split(' (')[0]} | "
+        + (f"{100 * retention:.1f}%" if retention is not None else "") + " | "
+        + (f"{100 * baseline:.2f}" if baseline is not None else "") + " | "
+        f"{rs[0]['encoder_nonzero']:,} | {rs[0]['steps']} | {minutes:.1f} |")
+  pending = [c for c in cells or [] if (c.task, c.name) not in done]
+  if pending:
+    lines += ["", f"Pending ({len(pending)}): "
+              + ", ".join(f"{c.task} {c.name}" for c in pending) + "."]
   out_md.parent.mkdir(parents=True, exist_ok=True)
-  plot = out_md.with_name(out_md.stem + "_scores.png")
-  if _plot(groups, plot):
-    lines += ["", f"![score vs non-zero encoder weights]({plot.name})"]
-  out_md.write_text("\n".join(lines) + "\n")
+  plots = [(out_md.with_name(out_md.stem + "_scores.png"), _plot_scores, "score vs non-zero "
+            "encoder weights"), (out_md.with_name(out_md.stem + "_retention.png"),
+                                 _plot_retention, "retention vs sparsity")]
+  for path, plot, title in plots:
+    if plot(groups, path):
+      lines += ["", f"![{title}]({path.name})"]
+  lines += ["", END]
+  block = "\n".join(lines)
+  text = out_md.read_text() if out_md.is_file() else ""
+  if BEGIN in text and END in text:
+    block = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+  else:
+    block = "# GLUE study results\n\n" + block + "\n"
+  out_md.write_text(block)
 
 
-def _plot(groups: dict[tuple, list[dict]], path: Path) -> bool:
+def _figure(n: int, width: float = 4):
   try:
     from matplotlib.figure import Figure
   except ImportError:
+    return None, None
+  fig = Figure(figsize=(width * n, 3.4))
+  return fig, fig.subplots(1, n, squeeze=False)[0]
+
+
+def _plot_scores(groups: dict[tuple, list[dict]], path: Path) -> bool:
+  """Score vs non-zero encoder weights, one line per method, one panel per task."""
+  tasks = [t for t in TASKS if any(g[0] == t for g in groups)]
+  fig, axes = _figure(len(tasks))
+  if fig is None:
     return False
-  tasks = sorted({task for task, _, _ in groups})
-  fig = Figure(figsize=(4 * len(tasks), 3.4))
-  axes = fig.subplots(1, len(tasks), squeeze=False)[0]
   for ax, task in zip(axes, tasks):
     for method in METHODS:
       points = sorted((rs[0]["encoder_nonzero"], statistics.mean(100 * r["score"] for r in rs))
                       for (t, m, _), rs in groups.items() if t == task and m == method)
       if points:
         ax.plot(*zip(*points), "o-", label=method)
-    ax.set(title=task, xlabel="non-zero encoder weights", xscale="log")
+    teacher = next(rs[0]["teacher"] for (t, _, _), rs in groups.items() if t == task)
+    ax.axhline(100 * teacher, color="k", lw=0.8, ls="--", label="teacher")
+    ax.set(title=task, xlabel="non-zero encoder weights", ylabel=next(
+        rs[0]["metric"] for (t, _, _), rs in groups.items() if t == task), xscale="log")
+    ax.xaxis.set_minor_formatter("")  # the log axis' minor labels overlap
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return True
+
+
+def _plot_retention(groups: dict[tuple, list[dict]], path: Path) -> bool:
+  """Retention vs sparsity per method: each task (thin) and their average (thick)."""
+  fig, axes = _figure(1, width=5.5)
+  if fig is None:
+    return False
+  ax = axes[0]
+  for i, method in enumerate(m for m in METHODS if any(g[1] == m for g in groups)):
+    color = f"C{i}"
+    by_sparsity: dict[float, list[float]] = {}
+    for (task, m, sparsity), rs in groups.items():
+      retention = _mean(r["retention"] for r in rs)
+      if m == method and retention is not None:
+        by_sparsity.setdefault(sparsity, []).append(100 * retention)
+    xs = sorted(by_sparsity)
+    ax.plot([100 * x for x in xs], [statistics.mean(by_sparsity[x]) for x in xs], "o-",
+            color=color, lw=2, label=method)
+    for x in xs:
+      ax.scatter([100 * x] * len(by_sparsity[x]), by_sparsity[x], color=color, s=8, alpha=0.4)
+  ax.axhline(100, color="k", lw=0.8, ls="--")
+  ax.set(xlabel="encoder sparsity (%)", ylabel="% of the teacher's score",
+         title="retention (dots: tasks, line: their mean)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   return True
@@ -242,7 +379,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--tasks", default=",".join(TASKS))
   parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--smoke", action="store_true", help="a 3-cell grid on configs/tiny.py")
-  parser.add_argument("--report", type=Path, help="write the tables and plot here")
+  parser.add_argument("--report", type=Path, help="write the tables and plots here")
+  parser.add_argument("--report-only", action="store_true",
+                      help="report the results file as it is, without running any cell")
   args = parser.parse_args(argv)
   from jaxprune.data import get_task
   tasks = tuple(get_task(t).name for t in args.tasks.split(","))
@@ -253,9 +392,12 @@ def main(argv: list[str] | None = None) -> None:
   cells = grid(tasks, methods)
   if args.smoke:
     cells = [Cell("MRPC", m, 0.8, 0) for m in ("sparsebert", "magnitude", "small_dense")]
-  rows = run_study(args.root, cells, args.results, smoke=args.smoke)
+  if args.report_only:
+    rows = json.loads(args.results.read_text()) if args.results.is_file() else []
+  else:
+    rows = run_study(args.root, cells, args.results, smoke=args.smoke)
   if args.report:
-    report(rows, args.report)
+    report(rows, args.report, None if args.smoke else cells, tasks)
 
 
 if __name__ == "__main__":

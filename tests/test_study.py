@@ -61,3 +61,31 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, glue_dir, minilm_dir):
   study.main(["--smoke", f"--root={tmp_path / 'runs'}", f"--results={results}"])
   assert {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("summary.json")} == before
   assert json.loads(results.read_text()) == rows
+
+
+def _row(task, method, sparsity, seed, score, teacher):
+  return dict(task=task, cell=f"{method}-s{round(sparsity * 100)}-seed{seed}", method=method,
+              sparsity=sparsity, seed=seed, metric="accuracy", score=score, teacher=teacher,
+              retention=score / teacher, baseline=0.5, encoder_nonzero=1000, steps=10,
+              seconds=60.0, cpu="test cpu", jax="0", commit="abc")
+
+
+def test_report_averages_targets_and_keeps_the_discussion(tmp_path):
+  rows = [_row("RTE", "sparsebert", 0.9, 0, 0.50, 0.50), _row("RTE", "sparsebert", 0.9, 1, 0.48, 0.50),
+          _row("MRPC", "sparsebert", 0.9, 0, 0.80, 1.00), _row("RTE", "magnitude", 0.9, 0, 0.45, 0.50)]
+  avg = study.averages(rows)
+  # RTE: mean of 100% and 96% = 98%; MRPC 80%: the two-task average is 89%.
+  assert avg[("sparsebert", 0.9)] == pytest.approx((0.89, 2))
+  assert avg[("magnitude", 0.9)] == pytest.approx((0.90, 1))
+  assert study._targets(avg, 2)[0] == "- SparseBERT at 90% keeps 89.0% on average (target >= 98.5%): missed by 9.5 points"
+  assert study._targets(avg, 2)[1] == "  - vs small_dense: pending"
+  assert study._targets(avg, 2)[2] == "  - vs magnitude: pending"  # one task of two
+  md = tmp_path / "results.md"
+  md.write_text(f"# Results\n\nintro\n\n{study.BEGIN}\nSTALE\n{study.END}\n\n## Why\nkept\n")
+  study.report(rows, md, study.grid(("RTE", "MRPC")), ("RTE", "MRPC"))
+  text = md.read_text()
+  assert text.startswith("# Results\n\nintro\n\n") and text.endswith("## Why\nkept\n")
+  assert "STALE" not in text and "Cells run: 4 of 28." in text
+  assert "| sparsebert | 49.00 ± 1.41 (98.0%) | 80.00 (80.0%) | 89.0% |" in text
+  assert "| magnitude | 45.00 (90.0%) | pending | 90.0% (1 of 2 tasks) |" in text
+  assert "Pending (24): RTE small_dense-s90-seed0" in text
