@@ -348,29 +348,6 @@ def _pod_env(fake: dict) -> dict:
                                                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")}}
 
 
-@pytest.mark.slow
-def test_create_setup_run_on_a_fake_pod_matches_one_process(reference, gcs_bucket, fake,
-                                                            tmp_path):
-  from jaxprune import paths
-  env, workdir = _pod_env(fake), f"{gcs_bucket}/launch/pod-run"
-  args, _, _ = reference
-  assert launcher("create", "pod", *WHERE, "--accelerator-type=v4-16", env=env).returncode == 0
-  assert launcher("setup", "pod", *WHERE, "--local", env=env).returncode == 0
-  result = launcher("run", "pod", *WHERE, "--run-name=r1", "--", *args,
-                    f"--workdir={workdir}", env=env, cwd=tmp_path)
-  logs = tmp_path / "logs" / "pod" / "r1"
-  assert result.returncode == 0, result.stderr + (logs / "worker-1.log").read_text()[-3000:]
-  assert "job ended well on 2 workers" in result.stderr
-  worker0, worker1 = ((logs / f"worker-{i}.log").read_text() for i in range(2))
-  assert worker0 in result.stdout  # worker 0's output streamed to the terminal too
-  assert worker1.strip()  # its own file
-  summary = json.loads(paths.read_text(f"{workdir}/summary.json"))
-  assert summary["processes"] == 2 and summary["devices"] == 4
-  worst = _compare(reference, workdir)
-  print(f"\nfake pod (2 workers x 2 CPU devices) vs 1 process x 4: masks identical, "
-        f"largest relative difference of an exported tensor {worst:.2e}")
-
-
 def _checkpoint_steps(workdir: str) -> list[int]:
   """The checkpoint steps in a gs:// workdir, asked of the emulator's JSON API directly
   (gcsfs would cache the listing and later miss the final checkpoint)."""
@@ -387,6 +364,9 @@ def _checkpoint_steps(workdir: str) -> list[int]:
 
 @pytest.mark.slow
 def test_preemption_then_babysit_resumes_and_matches(reference, gcs_bucket, fake, tmp_path):
+  """A spot pod (2 workers x 2 CPU devices) preempted after its first checkpoint: babysit
+  re-creates it and the job resumes to the same masks and weights as 1 process x 4."""
+  from jaxprune import paths
   from jaxprune import report
   env = dict(_pod_env(fake), FAKE_GCLOUD_PREEMPT_GRACE="30")
   workdir = f"{gcs_bucket}/launch/babysat"
@@ -411,8 +391,14 @@ def test_preemption_then_babysit_resumes_and_matches(reference, gcs_bucket, fake
   rows = report.read_metrics(f"{workdir}/metrics.jsonl")
   preempted = [r["step"] for r in rows if r["kind"] == "preempted"]
   assert len(preempted) == 1 and 0 < preempted[0] < STEPS, preempted
-  log = (tmp_path / "logs" / "spotpod" / "r1" / "worker-0.log").read_text()
-  assert "=== jaxprune-tpu: attempt 2/3 ===" in log
+  logs = tmp_path / "logs" / "spotpod" / "r1"
+  worker0, worker1 = ((logs / f"worker-{i}.log").read_text() for i in range(2))
+  assert "=== jaxprune-tpu: attempt 2/3 ===" in worker0 and worker1.strip()
+  assert worker0.splitlines()[-1] in out  # worker 0's output streamed to the terminal too
+  assert "spotpod: the job ended well on 2 workers" in err
+  summary = json.loads(paths.read_text(f"{workdir}/summary.json"))
+  assert summary["processes"] == 2 and summary["devices"] == 4
+  # create + setup + run (babysit runs the same three) give the 1-process result.
   worst = _compare(reference, workdir)
   print(f"\npreempted at step {preempted[0]}, resumed by babysit: masks identical, largest "
         f"relative difference of an exported tensor {worst:.2e}")
