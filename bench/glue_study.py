@@ -57,6 +57,10 @@ class Cell(NamedTuple):
     return f"{self.method}-s{round(self.sparsity * 100)}-seed{self.seed}"
 
 
+class StudyError(RuntimeError):
+  """Some cells failed; the others ran and their rows are written."""
+
+
 def grid(tasks: tuple[str, ...] = TASKS, methods: tuple[str, ...] = METHODS) -> list[Cell]:
   """The study's cells, in the order they run: the headline first (every task's
   SparseBERT, no-KD magnitude and small dense student at 90%, seed 0), then 95%, then the
@@ -168,12 +172,18 @@ def run_study(root: Path, cells: list[Cell], results: Path, smoke: bool = False)
   rows = {(r["task"], r["cell"]): r
           for r in (json.loads(results.read_text()) if results.is_file() else [])}
   teachers: dict[str, dict] = {}
+  failed = []
   for cell in cells:
     task, teacher = cell.task, root / cell.task / "teacher"
-    if task not in teachers:
-      teachers[task] = _run(base_config(task, 0.9, smoke), teacher, "finetune")
     print(f"== {task} {cell.name}", flush=True)
-    s = _run(cell_config(cell, teacher, smoke), root / task / cell.name, "prune")
+    try:  # one broken cell (or teacher) must not stop an unattended grid
+      if task not in teachers:
+        teachers[task] = _run(base_config(task, 0.9, smoke), teacher, "finetune")
+      s = _run(cell_config(cell, teacher, smoke), root / task / cell.name, "prune")
+    except Exception as e:  # noqa: BLE001 -- reported below and in the exit status
+      failed.append(f"{task} {cell.name}: {type(e).__name__}: {e}")
+      print(f"glue_study: {failed[-1]}", file=sys.stderr, flush=True)
+      continue
     metric = next(iter(s["selected"]["scores"]))  # the task's official metric first
     score, teacher_score = s["selected"]["scores"][metric], teachers[task]["selected"][
         "scores"][metric]
@@ -186,10 +196,11 @@ def run_study(root: Path, cells: list[Cell], results: Path, smoke: bool = False)
         **_provenance())
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(list(rows.values()), indent=1) + "\n")
+  if failed:
+    raise StudyError(f"{len(failed)} cell(s) failed: " + "; ".join(failed))
   return list(rows.values())
 
 
-HEADLINE = ("sparsebert", "magnitude", "small_dense")
 BEGIN, END = "<!-- glue_study report: begin -->", "<!-- glue_study report: end -->"
 
 
@@ -395,7 +406,10 @@ def main(argv: list[str] | None = None) -> None:
   if args.report_only:
     rows = json.loads(args.results.read_text()) if args.results.is_file() else []
   else:
-    rows = run_study(args.root, cells, args.results, smoke=args.smoke)
+    try:
+      rows = run_study(args.root, cells, args.results, smoke=args.smoke)
+    except StudyError as e:
+      sys.exit(f"glue_study: error: {e}")
   if args.report:
     report(rows, args.report, None if args.smoke else cells, tasks)
 

@@ -89,3 +89,23 @@ def test_report_averages_targets_and_keeps_the_discussion(tmp_path):
   assert "| sparsebert | 49.00 ± 1.41 (98.0%) | 80.00 (80.0%) | 89.0% |" in text
   assert "| magnitude | 45.00 (90.0%) | pending | 90.0% (1 of 2 tasks) |" in text
   assert "Pending (24): RTE small_dense-s90-seed0" in text
+
+
+def test_a_failing_cell_does_not_stop_the_grid(tmp_path, monkeypatch):
+  def fake_run(config, workdir, mode):
+    if workdir.name == "magnitude-s90-seed0":
+      raise ValueError("boom")
+    score = 0.8 if mode == "finetune" else 0.6
+    return dict(selected=dict(scores=dict(accuracy=score)), steps=3, seconds=1.0,
+                encoder_nonzero=10)
+  monkeypatch.setattr(study, "_run", fake_run)
+  monkeypatch.setattr(study, "cell_config", lambda cell, teacher, smoke: None)
+  monkeypatch.setattr(study, "base_config", lambda task, sparsity, smoke: None)
+  cells = [study.Cell("RTE", m, 0.9, 0) for m in ("sparsebert", "magnitude", "small_dense")]
+  results = tmp_path / "results.json"
+  with pytest.raises(study.StudyError, match=r"1 cell\(s\) failed: RTE magnitude-s90-seed0: "
+                     "ValueError: boom"):
+    study.run_study(tmp_path, cells, results)
+  rows = json.loads(results.read_text())
+  assert [(r["method"], r["retention"]) for r in rows] == [("sparsebert", pytest.approx(0.75)),
+                                                          ("small_dense", pytest.approx(0.75))]
