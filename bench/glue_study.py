@@ -169,6 +169,7 @@ def _provenance() -> dict[str, str]:
 def run_study(root: Path, cells: list[Cell], results: Path, smoke: bool = False) -> list[dict]:
   """Runs every cell in order (a task's teacher when its first cell needs it) and writes
   one result row per finished cell."""
+  from jaxprune.checkpoint import Preempted
   rows = {(r["task"], r["cell"]): r
           for r in (json.loads(results.read_text()) if results.is_file() else [])}
   teachers: dict[str, dict] = {}
@@ -180,6 +181,8 @@ def run_study(root: Path, cells: list[Cell], results: Path, smoke: bool = False)
       if task not in teachers:
         teachers[task] = _run(base_config(task, 0.9, smoke), teacher, "finetune")
       s = _run(cell_config(cell, teacher, smoke), root / task / cell.name, "prune")
+    except Preempted:
+      raise  # SIGTERM/SIGINT: the cell saved a checkpoint; stop the grid (re-run resumes)
     except Exception as e:  # noqa: BLE001 -- reported below and in the exit status
       failed.append(f"{task} {cell.name}: {type(e).__name__}: {e}")
       print(f"glue_study: {failed[-1]}", file=sys.stderr, flush=True)
@@ -394,6 +397,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--report-only", action="store_true",
                       help="report the results file as it is, without running any cell")
   args = parser.parse_args(argv)
+  from jaxprune.checkpoint import Preempted
   from jaxprune.data import get_task
   tasks = tuple(get_task(t).name for t in args.tasks.split(","))
   methods = tuple(args.methods.split(","))
@@ -410,6 +414,8 @@ def main(argv: list[str] | None = None) -> None:
       rows = run_study(args.root, cells, args.results, smoke=args.smoke)
     except StudyError as e:
       sys.exit(f"glue_study: error: {e}")
+    except Preempted as e:  # SIGTERM/SIGINT: the running cell saved its checkpoint
+      sys.exit(f"glue_study: stopped: {e}")
   if args.report:
     report(rows, args.report, None if args.smoke else cells, tasks)
 

@@ -109,3 +109,22 @@ def test_a_failing_cell_does_not_stop_the_grid(tmp_path, monkeypatch):
   rows = json.loads(results.read_text())
   assert [(r["method"], r["retention"]) for r in rows] == [("sparsebert", pytest.approx(0.75)),
                                                           ("small_dense", pytest.approx(0.75))]
+
+
+def test_a_preempted_cell_stops_the_grid(tmp_path, monkeypatch):
+  from jaxprune.checkpoint import Preempted
+  ran = []
+
+  def fake_run(config, workdir, mode):
+    ran.append(workdir.name)
+    if workdir.name == "sparsebert-s90-seed0":
+      raise Preempted("preempted at step 5")
+    return dict(selected=dict(scores=dict(accuracy=0.8)), steps=3, seconds=1.0)
+  monkeypatch.setattr(study, "_run", fake_run)
+  monkeypatch.setattr(study, "cell_config", lambda cell, teacher, smoke: None)
+  monkeypatch.setattr(study, "base_config", lambda task, sparsity, smoke: None)
+  monkeypatch.setattr(study, "grid", lambda tasks, methods: [
+      study.Cell("RTE", m, 0.9, 0) for m in ("sparsebert", "magnitude")])
+  with pytest.raises(SystemExit, match="glue_study: stopped: preempted at step 5"):
+    study.main([f"--root={tmp_path}", f"--results={tmp_path / 'r.json'}"])
+  assert ran == ["teacher", "sparsebert-s90-seed0"]  # the next cell did not start
