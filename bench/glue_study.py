@@ -155,6 +155,14 @@ def _run(config: Any, workdir: Path, mode: str) -> dict:
   return summary
 
 
+def _curve(workdir: Path, metric: str) -> list[list[float]]:
+  """The cell's dev evaluations: [step, sparsity, score] rows (empty without metrics)."""
+  from jaxprune import report
+  return [[r["step"], round(r.get("sparsity", 0.0), 4), r[metric]]
+          for r in report.read_metrics(workdir / "metrics.jsonl")
+          if r.get("kind") == "eval" and metric in r]
+
+
 def _provenance() -> dict[str, str]:
   """Where a cell ran: the CPU, the jax version and the jaxprune commit."""
   import subprocess
@@ -196,7 +204,7 @@ def run_study(root: Path, cells: list[Cell], results: Path, smoke: bool = False)
         retention=score / teacher_score if teacher_score else None,
         baseline=(s.get("baseline_scores") or {}).get(metric),
         encoder_nonzero=s.get("encoder_nonzero"), steps=s["steps"], seconds=s["seconds"],
-        **_provenance())
+        curve=_curve(root / task / cell.name, metric), **_provenance())
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(list(rows.values()), indent=1) + "\n")
   if failed:
@@ -310,7 +318,9 @@ def report(rows: list[dict], out_md: Path, cells: list[Cell] | None = None,
   out_md.parent.mkdir(parents=True, exist_ok=True)
   plots = [(out_md.with_name(out_md.stem + "_scores.png"), _plot_scores, "score vs non-zero "
             "encoder weights"), (out_md.with_name(out_md.stem + "_retention.png"),
-                                 _plot_retention, "retention vs sparsity")]
+                                 _plot_retention, "retention vs sparsity"),
+           (out_md.with_name(out_md.stem + "_curves.png"), _plot_curves,
+            "dev score during training")]
   for path, plot, title in plots:
     if plot(groups, path):
       lines += ["", f"![{title}]({path.name})"]
@@ -350,6 +360,32 @@ def _plot_scores(groups: dict[tuple, list[dict]], path: Path) -> bool:
     ax.set(title=task, xlabel="non-zero encoder weights", ylabel=next(
         rs[0]["metric"] for (t, _, _), rs in groups.items() if t == task), xscale="log")
     ax.xaxis.set_minor_formatter("")  # the log axis' minor labels overlap
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return True
+
+
+def _plot_curves(groups: dict[tuple, list[dict]], path: Path) -> bool:
+  """Dev score over training steps of every 90% cell (seed 0), one panel per task, with
+  the point where the final sparsity is reached marked."""
+  tasks = [t for t in TASKS if any(r.get("curve") for (task, _, sparsity), rs in groups.items()
+                                   if task == t and sparsity == 0.9 for r in rs)]
+  fig, axes = _figure(len(tasks)) if tasks else (None, None)
+  if fig is None:
+    return False
+  for ax, task in zip(axes, tasks):
+    for i, method in enumerate(METHODS):
+      rs = [r for r in groups.get((task, method, 0.9), []) if r["seed"] == 0 and r.get("curve")]
+      if not rs:
+        continue
+      steps, sparsity, score = zip(*rs[0]["curve"])
+      ax.plot(steps, [100 * v for v in score], ".-", color=f"C{i}", label=method, lw=1)
+      final = next((st for st, sp in zip(steps, sparsity) if sp >= 0.9 - 1e-3), None)
+      if final is not None:
+        ax.axvline(final, color=f"C{i}", lw=0.5, ls=":")
+    ax.set(title=f"{task} (90%; dotted: final sparsity reached)", xlabel="step")
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=7)
   fig.tight_layout()

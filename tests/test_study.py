@@ -67,7 +67,8 @@ def _row(task, method, sparsity, seed, score, teacher):
   return dict(task=task, cell=f"{method}-s{round(sparsity * 100)}-seed{seed}", method=method,
               sparsity=sparsity, seed=seed, metric="accuracy", score=score, teacher=teacher,
               retention=score / teacher, baseline=0.5, encoder_nonzero=1000, steps=10,
-              seconds=60.0, cpu="test cpu", jax="0", commit="abc")
+              seconds=60.0, cpu="test cpu", jax="0", commit="abc",
+              curve=[[5, sparsity / 2, score / 2], [10, sparsity, score]])
 
 
 def test_report_averages_targets_and_keeps_the_discussion(tmp_path):
