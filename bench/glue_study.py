@@ -283,13 +283,18 @@ def report(rows: list[dict], out_md: Path, cells: list[Cell] | None = None,
   lines += [f"jaxprune commits: {', '.join(commits)}.", "", "### Targets (five-task averages of retention)", ""]
   lines += _targets(avg, len(tasks))
   for sparsity in (0.9, 0.95):
+    if not any(key[2] == sparsity for key in groups):
+      continue
     lines += ["", f"### {sparsity:.0%} sparsity (small dense: the same number of encoder "
               "weights): official dev metric (retention of the teacher's score)", "",
               "| method | " + " | ".join(tasks) + " | average retention |",
               "|---|" + "---|" * (len(tasks) + 1)]
     teacher = {t: next((r["teacher"] for r in rows if r["task"] == t), None) for t in tasks}
-    lines.append("| teacher | " + " | ".join(
-        f"{100 * teacher[t]:.2f}" if teacher[t] is not None else "" for t in tasks) + " | |")
+    baseline = {t: next((r["baseline"] for r in rows if r["task"] == t
+                         and r.get("baseline") is not None), None) for t in tasks}
+    for name, values in (("majority class / constant", baseline), ("teacher", teacher)):
+      lines.append(f"| {name} | " + " | ".join(
+          f"{100 * values[t]:.2f}" if values[t] is not None else "" for t in tasks) + " | |")
     for method in METHODS:
       if not any((t, method, sparsity) in groups for t in tasks):
         continue
