@@ -150,8 +150,11 @@ def _run(config: Any, workdir: Path, mode: str) -> dict:
     finally:
       workdir.mkdir(parents=True, exist_ok=True)
       seconds_path.write_text(json.dumps(spent + time.time() - start))
+    (workdir / "study_provenance.json").write_text(json.dumps(_provenance()))
   summary = json.loads(summary_path.read_text())
   summary["seconds"] = json.loads(seconds_path.read_text()) if seconds_path.is_file() else None
+  provenance = workdir / "study_provenance.json"
+  summary["provenance"] = json.loads(provenance.read_text()) if provenance.is_file() else {}
   return summary
 
 
@@ -164,7 +167,8 @@ def _curve(workdir: Path, metric: str) -> list[list[float]]:
 
 
 def _provenance() -> dict[str, str]:
-  """Where a cell ran: the CPU, the jax version and the jaxprune commit."""
+  """Where a cell finished: the CPU, the jax version and the jaxprune commit (written into
+  its workdir then, so that re-running the study elsewhere does not relabel it)."""
   import subprocess
   import jax
   sys.path.insert(0, str(Path(__file__).parent))
@@ -180,6 +184,7 @@ def run_study(root: Path, cells: list[Cell], results: Path, smoke: bool = False)
   from jaxprune.checkpoint import Preempted
   rows = {(r["task"], r["cell"]): r
           for r in (json.loads(results.read_text()) if results.is_file() else [])}
+  keys = ("cpu", "jax", "commit")
   teachers: dict[str, dict] = {}
   failed = []
   for cell in cells:
@@ -204,7 +209,8 @@ def run_study(root: Path, cells: list[Cell], results: Path, smoke: bool = False)
         retention=score / teacher_score if teacher_score else None,
         baseline=(s.get("baseline_scores") or {}).get(metric),
         encoder_nonzero=s.get("encoder_nonzero"), steps=s["steps"], seconds=s["seconds"],
-        curve=_curve(root / task / cell.name, metric), **_provenance())
+        curve=_curve(root / task / cell.name, metric),
+        **(s.get("provenance") or {k: rows.get((task, cell.name), {}).get(k, "?") for k in keys}))
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(list(rows.values()), indent=1) + "\n")
   if failed:

@@ -51,6 +51,7 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, glue_dir, minilm_dir):
   assert [r["method"] for r in rows] == ["sparsebert", "magnitude", "small_dense"]
   for r in rows:
     assert r["metric"] == "f1" and 0 <= r["score"] <= 1 and r["seconds"] > 0
+    assert r["cpu"] and r["jax"] and r["commit"] and r["curve"][-1][0] == r["steps"]
   sparse, _, dense = rows
   # The small dense student has about the sparse one's non-zero encoder weights.
   assert 0.5 < dense["encoder_nonzero"] / sparse["encoder_nonzero"] < 2
@@ -60,7 +61,7 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, glue_dir, minilm_dir):
   before = {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("summary.json")}
   study.main(["--smoke", f"--root={tmp_path / 'runs'}", f"--results={results}"])
   assert {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("summary.json")} == before
-  assert json.loads(results.read_text()) == rows
+  assert json.loads(results.read_text()) == rows  # provenance too: where the cell ran
 
 
 def _row(task, method, sparsity, seed, score, teacher):
