@@ -396,7 +396,12 @@ def _plot_curves(groups: dict[tuple, list[dict]], path: Path) -> bool:
       final = next((st for st, sp in zip(steps, sparsity) if sp >= 0.9 - 1e-3), None)
       if final is not None:
         ax.axvline(final, color=f"C{i}", lw=0.5, ls=":")
-    ax.set(title=f"{task} (90%; dotted: final sparsity reached)", xlabel="step")
+    first = next(rs[0] for (t, _, _), rs in groups.items() if t == task)
+    ax.axhline(100 * first["teacher"], color="k", lw=0.8, ls="--", label="teacher")
+    if first.get("baseline") is not None:
+      ax.axhline(100 * first["baseline"], color="0.5", lw=0.8, ls="-.", label="majority")
+    ax.set(title=f"{task} (90%; dotted: final sparsity reached)", xlabel="step",
+           ylabel=first["metric"])
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=7)
   fig.tight_layout()
