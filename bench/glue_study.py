@@ -356,6 +356,14 @@ def _figure(n: int, width: float = 4):
   return fig, fig.subplots(1, n, squeeze=False)[0]
 
 
+def _save(fig, legend_ax, path: Path) -> bool:
+  """The legend on one panel, a tight layout, the PNG at ``path``."""
+  legend_ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return True
+
+
 def _plot_scores(groups: dict[tuple, list[dict]], path: Path) -> bool:
   """Score vs non-zero encoder weights, one line per method, one panel per task."""
   tasks = [t for t in TASKS if any(g[0] == t for g in groups)]
@@ -374,10 +382,7 @@ def _plot_scores(groups: dict[tuple, list[dict]], path: Path) -> bool:
         rs[0]["metric"] for (t, _, _), rs in groups.items() if t == task), xscale="log")
     ax.xaxis.set_minor_formatter("")  # the log axis' minor labels overlap
     ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  return True
+  return _save(fig, axes[0], path)
 
 
 def _plot_curves(groups: dict[tuple, list[dict]], path: Path) -> bool:
@@ -405,10 +410,7 @@ def _plot_curves(groups: dict[tuple, list[dict]], path: Path) -> bool:
     ax.set(title=f"{task} (90%; dotted: final sparsity reached)", xlabel="step",
            ylabel=first["metric"])
     ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  return True
+  return _save(fig, axes[0], path)
 
 
 def _plot_retention(groups: dict[tuple, list[dict]], path: Path) -> bool:
@@ -433,10 +435,7 @@ def _plot_retention(groups: dict[tuple, list[dict]], path: Path) -> bool:
   ax.set(xlabel="encoder sparsity (%)", ylabel="% of the teacher's score",
          title="retention (dots: tasks, line: their mean)")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  return True
+  return _save(fig, ax, path)
 
 
 def main(argv: list[str] | None = None) -> None:
