@@ -356,6 +356,18 @@ def _figure(n: int, width: float = 4):
   return fig, fig.subplots(1, n, squeeze=False)[0]
 
 
+def _color(method: str) -> str:
+  """One colour per method in every plot."""
+  return f"C{METHODS.index(method)}"
+
+
+def _reference_lines(ax, row: dict) -> None:
+  """The teacher's score and the majority class (or constant) baseline of ``row``'s task."""
+  ax.axhline(100 * row["teacher"], color="k", lw=0.8, ls="--", label="teacher")
+  if row.get("baseline") is not None:
+    ax.axhline(100 * row["baseline"], color="0.5", lw=0.8, ls="-.", label="majority")
+
+
 def _save(fig, legend_ax, path: Path) -> bool:
   """The legend on one panel, a tight layout, the PNG at ``path``."""
   legend_ax.legend(fontsize=7)
@@ -372,15 +384,14 @@ def _plot_scores(groups: dict[tuple, list[dict]], path: Path) -> bool:
     return False
   for ax, task in zip(axes, tasks):
     for method in METHODS:
-      points = sorted((rs[0]["encoder_nonzero"], statistics.mean(100 * r["score"] for r in rs))
+      points = sorted((rs[0]["encoder_nonzero"] / 1e6,
+                       statistics.mean(100 * r["score"] for r in rs))
                       for (t, m, _), rs in groups.items() if t == task and m == method)
       if points:
-        ax.plot(*zip(*points), "o-", label=method)
-    teacher = next(rs[0]["teacher"] for (t, _, _), rs in groups.items() if t == task)
-    ax.axhline(100 * teacher, color="k", lw=0.8, ls="--", label="teacher")
-    ax.set(title=task, xlabel="non-zero encoder weights", ylabel=next(
-        rs[0]["metric"] for (t, _, _), rs in groups.items() if t == task), xscale="log")
-    ax.xaxis.set_minor_formatter("")  # the log axis' minor labels overlap
+        ax.plot(*zip(*points), "o-", color=_color(method), label=method)
+    first = next(rs[0] for (t, _, _), rs in groups.items() if t == task)
+    _reference_lines(ax, first)
+    ax.set(title=task, xlabel="non-zero encoder weights (millions)", ylabel=first["metric"])
     ax.grid(alpha=0.3)
   return _save(fig, axes[0], path)
 
@@ -394,20 +405,19 @@ def _plot_curves(groups: dict[tuple, list[dict]], path: Path) -> bool:
   if fig is None:
     return False
   for ax, task in zip(axes, tasks):
-    for i, method in enumerate(METHODS):
+    for method in METHODS:
       rs = [r for r in groups.get((task, method, 0.9), []) if r["seed"] == 0 and r.get("curve")]
       if not rs:
         continue
       steps, sparsity, score = zip(*rs[0]["curve"])
-      ax.plot(steps, [100 * v for v in score], ".-", color=f"C{i}", label=method, lw=1)
+      ax.plot(steps, [100 * v for v in score], ".-", color=_color(method), label=method,
+              lw=1)
       final = next((st for st, sp in zip(steps, sparsity) if sp >= 0.9 - 1e-3), None)
       if final is not None:
-        ax.axvline(final, color=f"C{i}", lw=0.5, ls=":")
+        ax.axvline(final, color=_color(method), lw=0.5, ls=":")
     first = next(rs[0] for (t, _, _), rs in groups.items() if t == task)
-    ax.axhline(100 * first["teacher"], color="k", lw=0.8, ls="--", label="teacher")
-    if first.get("baseline") is not None:
-      ax.axhline(100 * first["baseline"], color="0.5", lw=0.8, ls="-.", label="majority")
-    ax.set(title=f"{task} (90%; dotted: final sparsity reached)", xlabel="step",
+    _reference_lines(ax, first)
+    ax.set(title=f"{task}, 90% (dotted: final sparsity)", xlabel="step",
            ylabel=first["metric"])
     ax.grid(alpha=0.3)
   return _save(fig, axes[0], path)
@@ -419,8 +429,8 @@ def _plot_retention(groups: dict[tuple, list[dict]], path: Path) -> bool:
   if fig is None:
     return False
   ax = axes[0]
-  for i, method in enumerate(m for m in METHODS if any(g[1] == m for g in groups)):
-    color = f"C{i}"
+  for method in (m for m in METHODS if any(g[1] == m for g in groups)):
+    color = _color(method)
     by_sparsity: dict[float, list[float]] = {}
     for (task, m, sparsity), rs in groups.items():
       retention = _mean(r["retention"] for r in rs)
