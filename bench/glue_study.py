@@ -245,12 +245,21 @@ def averages(rows: list[dict]) -> dict[tuple[str, float], tuple[float, int]]:
   return {key: (statistics.mean(v), len(v)) for key, v in per_task.items()}
 
 
+AT_BASELINE = "†"
+AT_BASELINE_NOTE = (f"{AT_BASELINE} at or below the majority class (constant prediction) "
+                    "baseline: no better than always predicting the most frequent label, "
+                    "whatever its retention says.")
+
+
 def _cell_text(rs: list[dict]) -> str:
+  """Mean score (± std over seeds), marked when at or below the baseline, and retention."""
   scores = [100 * r["score"] for r in rs]
   spread = f" ± {statistics.stdev(scores):.2f}" if len(scores) > 1 else ""
+  baseline = rs[0].get("baseline")
+  mark = AT_BASELINE if baseline is not None and statistics.mean(scores) <= 100 * baseline else ""
   retention = _mean(r["retention"] for r in rs)
   kept = f" ({100 * retention:.1f}%)" if retention is not None else ""
-  return f"{statistics.mean(scores):.2f}{spread}{kept}"
+  return f"{statistics.mean(scores):.2f}{spread}{mark}{kept}"
 
 
 def _targets(avg: dict, n_tasks: int) -> list[str]:
@@ -303,6 +312,7 @@ def report(rows: list[dict], out_md: Path, cells: list[Cell] | None = None,
     for name, values in (("majority class / constant", baseline), ("teacher", teacher)):
       lines.append(f"| {name} | " + " | ".join(
           f"{100 * values[t]:.2f}" if values[t] is not None else "" for t in tasks) + " | |")
+    table = []
     for method in METHODS:
       if not any((t, method, sparsity) in groups for t in tasks):
         continue
@@ -310,7 +320,8 @@ def report(rows: list[dict], out_md: Path, cells: list[Cell] | None = None,
                     else "pending" for t in tasks]
       mean, n = avg.get((method, sparsity), (None, 0))
       summary = f"{mean:.1%}" + (f" ({n} of {len(tasks)} tasks)" if n < len(tasks) else "")
-      lines.append(f"| {method} | " + " | ".join(cells_text) + f" | {summary} |")
+      table.append(f"| {method} | " + " | ".join(cells_text) + f" | {summary} |")
+    lines += table + (["", AT_BASELINE_NOTE] if any(AT_BASELINE in r for r in table) else [])
   lines += ["", "### Every cell (mean ± std over seeds)", "",
             "| task | method | sparsity | seeds | metric | score | retention | baseline | "
             "non-zero encoder weights | steps | minutes |", "|---|" * 11 + ""]

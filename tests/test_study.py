@@ -88,8 +88,11 @@ def test_report_averages_targets_and_keeps_the_discussion(tmp_path):
   text = md.read_text()
   assert text.startswith("# Results\n\nintro\n\n") and text.endswith("## Why\nkept\n")
   assert "STALE" not in text and "Cells run: 4 of 28." in text
-  assert "| sparsebert | 49.00 ± 1.41 (98.0%) | 80.00 (80.0%) | 89.0% |" in text
-  assert "| magnitude | 45.00 (90.0%) | pending | 90.0% (1 of 2 tasks) |" in text
+  # At or below the majority class (0.5 here): marked, with the note under the table.
+  assert "| sparsebert | 49.00 ± 1.41† (98.0%) | 80.00 (80.0%) | 89.0% |" in text
+  assert "| magnitude | 45.00† (90.0%) | pending | 90.0% (1 of 2 tasks) |" in text
+  assert text.count(study.AT_BASELINE_NOTE) == 1
+  assert "| RTE | magnitude | 0.90 | 1 | accuracy | 45.00† | 90.0% |" in text
   assert "Pending (24): RTE small_dense-s90-seed0" in text
 
 
