@@ -34,8 +34,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -139,19 +141,46 @@ def cell_config(cell: Cell, teacher: Path, smoke: bool):
   return config
 
 
+class _Stopwatch:
+  """Keeps ``path`` (JSON seconds) = ``spent`` + time since start, rewritten atomically
+  every ``every`` seconds from a daemon thread and once more on exit: a run killed
+  with SIGKILL (a session's end, a preempted VM) loses at most ``every`` seconds of its
+  accounting instead of the whole invocation."""
+
+  def __init__(self, path: Path, every: float = 30.0):
+    self.path, self.every = path, every
+    self.spent = json.loads(path.read_text()) if path.is_file() else 0.0
+    self.start, self._done = time.time(), threading.Event()
+    self._thread = threading.Thread(target=self._tick, daemon=True)
+
+  def _write(self) -> None:
+    tmp = self.path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(self.spent + time.time() - self.start))
+    os.replace(tmp, self.path)
+
+  def _tick(self) -> None:
+    while not self._done.wait(self.every):
+      self._write()
+
+  def __enter__(self) -> "_Stopwatch":
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self._done.set()
+    self._thread.join()
+    self._write()
+
+
 def _run(config: Any, workdir: Path, mode: str) -> dict:
   """Runs (or resumes) one job unless its summary exists; returns the summary with the
   seconds spent on it, summed over the invocations that worked on it."""
   from jaxprune import trainer
   summary_path, seconds_path = workdir / "summary.json", workdir / "study_seconds.json"
   if not summary_path.is_file():
-    spent = json.loads(seconds_path.read_text()) if seconds_path.is_file() else 0.0
-    start = time.time()
-    try:
+    with _Stopwatch(seconds_path):
       trainer.train_and_evaluate(config, workdir, mode)
-    finally:
-      workdir.mkdir(parents=True, exist_ok=True)
-      seconds_path.write_text(json.dumps(spent + time.time() - start))
     (workdir / "study_provenance.json").write_text(json.dumps(_provenance()))
   summary = json.loads(summary_path.read_text())
   summary["seconds"] = json.loads(seconds_path.read_text()) if seconds_path.is_file() else None

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,22 @@ def test_a_preempted_cell_stops_the_grid(tmp_path, monkeypatch):
   with pytest.raises(SystemExit, match="glue_study: stopped: preempted at step 5"):
     study.main([f"--root={tmp_path}", f"--results={tmp_path / 'r.json'}"])
   assert ran == ["teacher", "sparsebert-s90-seed0"]  # the next cell did not start
+
+
+def test_stopwatch_keeps_the_time_of_a_run_that_never_returns(tmp_path):
+  # The ledger is rewritten while the run is going, so a SIGKILLed invocation (whose
+  # `finally` never runs) still leaves its time behind; a later invocation adds to it.
+  path = tmp_path / "cell" / "study_seconds.json"
+  path.parent.mkdir()
+  path.write_text("100.0")
+  watch = study._Stopwatch(path, every=0.02).__enter__()
+  deadline = time.time() + 5
+  while json.loads(path.read_text()) < 100.1 and time.time() < deadline:
+    time.sleep(0.01)
+  assert 100.1 <= json.loads(path.read_text()) < 105  # written mid-run, not at the end
+  watch.__exit__(None, None, None)
+  total = json.loads(path.read_text())
+  with study._Stopwatch(path, every=60):
+    pass
+  assert total <= json.loads(path.read_text()) < total + 1
+  assert not list(path.parent.glob("*.tmp"))
