@@ -23,9 +23,9 @@ Sparsities 0.9 and 0.95; the ablations and ``sparsebert_from_teacher`` on RTE an
 at 0.9 only; seeds 0-2 for ``sparsebert`` and ``small_dense`` at 0.9 on RTE and MRPC.
 Results go to ``--results`` (JSON, one row per finished cell, rewritten after each cell).
 ``--smoke`` runs a 3-cell grid on ``configs/tiny.py`` (what the test runs). Runtime on the
-2-core Xeon, measured: RTE cells 10 (small dense) to 22 minutes (SparseBERT, idle), MRPC
-and STS-B ~25-40, CoLA's 20-epoch students ~35; 46 cells and a teacher, about 15 CPU
-hours: run it in pieces, never next to a speed benchmark. A failing cell is reported and
+2-core Xeon, measured per cell: small dense 10-17 minutes, SparseBERT and magnitude 20-30
+on an idle machine (CoLA's 20 epochs included), a task's teacher 10-25; 46 cells and five
+teachers, about 15 CPU hours: run it in pieces, never next to a speed benchmark. A failing cell is reported and
 the grid goes on; SIGTERM/SIGINT stops it after the running cell saved a checkpoint.
 """
 
