@@ -24,9 +24,11 @@ at 0.9 only; seeds 0-2 for ``sparsebert`` and ``small_dense`` at 0.9 on RTE and 
 Results go to ``--results`` (JSON, one row per finished cell, rewritten after each cell).
 ``--smoke`` runs a 3-cell grid on ``configs/tiny.py`` (what the test runs). Runtime on the
 2-core Xeon, measured per cell: small dense 10-17 minutes, SparseBERT and magnitude 20-30
-on an idle machine (CoLA's 20 epochs included), a task's teacher 10-25; 46 cells and five
-teachers, about 15 CPU hours: run it in pieces, never next to a speed benchmark. A failing cell is reported and
-the grid goes on; SIGTERM/SIGINT stops it after the running cell saved a checkpoint.
+on an idle machine (CoLA's 20 epochs included), a task's teacher 10-25; 46 cells and
+five teachers, about 15 CPU hours: run it in pieces, never next to a speed benchmark. A
+failing cell is reported and the grid goes on; SIGTERM/SIGINT stops it after the running
+cell saved a checkpoint. Each cell's wall time is kept in ``study_seconds.json`` in its
+work directory, rewritten every 30 s, so a killed invocation keeps its time.
 """
 
 from __future__ import annotations
