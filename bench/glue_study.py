@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import statistics
 import sys
 import threading
@@ -156,9 +155,8 @@ class _Stopwatch:
     self._thread = threading.Thread(target=self._tick, daemon=True)
 
   def _write(self) -> None:
-    tmp = self.path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(self.spent + time.time() - self.start))
-    os.replace(tmp, self.path)
+    from jaxprune import paths
+    paths.write_text(self.path, json.dumps(self.spent + time.time() - self.start))
 
   def _tick(self) -> None:
     while not self._done.wait(self.every):
