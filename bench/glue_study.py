@@ -163,7 +163,6 @@ class _Stopwatch:
       self._write()
 
   def __enter__(self) -> "_Stopwatch":
-    self.path.parent.mkdir(parents=True, exist_ok=True)
     self._thread.start()
     return self
 
