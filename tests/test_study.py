@@ -18,8 +18,8 @@ def test_grid_is_the_issue_grid():
   names = {(c.task, c.name) for c in cells}
   assert len(cells) == len(names)
   # 5 tasks x (sparsebert, magnitude, small_dense) x 2 sparsities, +2 seeds x 2 methods on
-  # RTE and MRPC at 0.9, + 4 ablations on RTE and MRPC at 0.9.
-  assert len(cells) == 5 * 3 * 2 + 2 * 2 * 2 + 2 * 4
+  # RTE and MRPC at 0.9, + 4 ablations on RTE and MRPC at 0.9, + the fix at 0.95.
+  assert len(cells) == 5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 5
   assert ("RTE", "sparsebert-s90-seed2") in names and ("CoLA", "sparsebert-s90-seed1") not in names
   assert ("MRPC", "no_hidden-s90-seed0") in names and ("MRPC", "no_hidden-s95-seed0") not in names
   assert ("STS-B", "prediction_only-s90-seed0") not in names
@@ -28,7 +28,17 @@ def test_grid_is_the_issue_grid():
                         for m in ("sparsebert", "magnitude", "small_dense")]
   assert {c.sparsity for c in cells[15:30]} == {0.95}
   assert [c.seed for c in cells[30:38]] == [1, 2] * 4
-  assert {c.method for c in cells[38:]} == set(study.ABLATIONS)
+  assert {c.method for c in cells[38:46]} == set(study.ABLATIONS)
+  assert cells[46:] == [study.Cell(t, "sparsebert_long", 0.95, 0) for t in study.TASKS]
+
+
+def test_the_long_fix_doubles_the_training_and_keeps_the_fractions(tmp_path):
+  plain, long = (study.cell_config(study.Cell("MRPC", m, 0.95, 0), tmp_path, smoke=False)
+                 for m in ("sparsebert", "sparsebert_long"))
+  assert long.train.epochs == 2 * plain.train.epochs == 20
+  assert long.prune.ramp_fraction == plain.prune.ramp_fraction  # a ramp twice as long
+  assert long.distill.to_dict() == plain.distill.to_dict()
+  assert long.method == plain.method and long.model == plain.model
 
 
 def test_small_dense_size_matches_the_sparse_weight_count():
