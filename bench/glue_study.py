@@ -1,7 +1,8 @@
 """The comparison study: SparseBERT against its baselines and ablations on small GLUE tasks.
 
 Run (each cell is its own resumable work directory: interrupt and re-run, finished
-cells are skipped; cells run one at a time, in-process, through the trainer):
+cells -- a summary in their directory, or a row in ``--results`` -- are skipped; cells run
+one at a time, in-process, through the trainer):
 
   python bench/glue_study.py --root runs/study                 # the whole grid
   python bench/glue_study.py --root runs/study --tasks rte,mrpc --methods sparsebert
@@ -222,7 +223,9 @@ def _provenance() -> dict[str, str]:
 
 def run_study(root: Path, cells: list[Cell], results: Path, smoke: bool = False) -> list[dict]:
   """Runs every cell in order (a task's teacher when its first cell needs it) and writes
-  one result row per finished cell."""
+  one result row per finished cell. A cell that already has a row in ``results`` and no
+  work directory under ``root`` (it ran on another machine, or the runs were deleted) is
+  skipped, so the committed results file lets a new machine go on where the grid stopped."""
   from jaxprune.checkpoint import Preempted
   rows = {(r["task"], r["cell"]): r
           for r in (json.loads(results.read_text()) if results.is_file() else [])}
@@ -231,6 +234,9 @@ def run_study(root: Path, cells: list[Cell], results: Path, smoke: bool = False)
   failed = []
   for cell in cells:
     task, teacher = cell.task, root / cell.task / "teacher"
+    if (task, cell.name) in rows and not (root / task / cell.name / "summary.json").is_file():
+      print(f"== {task} {cell.name}: in {results.name}, skipped", flush=True)
+      continue  # finished elsewhere (its work directory is not here): the row is the record
     print(f"== {task} {cell.name}", flush=True)
     try:  # one broken cell (or teacher) must not stop an unattended grid
       if task not in teachers:

@@ -147,6 +147,33 @@ def test_a_preempted_cell_stops_the_grid(tmp_path, monkeypatch):
   assert ran == ["teacher", "sparsebert-s90-seed0"]  # the next cell did not start
 
 
+def test_cells_recorded_in_the_results_file_are_skipped_on_a_new_machine(tmp_path, monkeypatch):
+  ran = []
+
+  def fake_run(config, workdir, mode):
+    ran.append(workdir.name)
+    return dict(selected=dict(scores=dict(accuracy=0.8 if mode == "finetune" else 0.6)),
+                steps=3, seconds=1.0)
+  monkeypatch.setattr(study, "_run", fake_run)
+  monkeypatch.setattr(study, "cell_config", lambda cell, teacher, smoke: None)
+  monkeypatch.setattr(study, "base_config", lambda task, sparsity, smoke: None)
+  done = dict(task="RTE", cell="sparsebert-s90-seed0", method="sparsebert", score=0.5)
+  results = tmp_path / "results.json"
+  results.write_text(json.dumps([done]))
+  cells = [study.Cell("RTE", m, 0.9, 0) for m in ("sparsebert", "magnitude")]
+  rows = study.run_study(tmp_path / "runs", cells, results)
+  assert ran == ["teacher", "magnitude-s90-seed0"]  # no work directory: the row stands
+  assert [r["cell"] for r in rows] == ["sparsebert-s90-seed0", "magnitude-s90-seed0"]
+  assert rows[0] == done
+  # A cell whose work directory finished here is re-read (its row refreshed), not re-run.
+  summary_dir = tmp_path / "runs" / "RTE" / "sparsebert-s90-seed0"
+  summary_dir.mkdir(parents=True)
+  (summary_dir / "summary.json").write_text("{}")
+  ran.clear()
+  study.run_study(tmp_path / "runs", cells, results)
+  assert ran == ["teacher", "sparsebert-s90-seed0"]  # magnitude has its row now
+
+
 def test_stopwatch_keeps_the_time_of_a_run_that_never_returns(tmp_path):
   # The ledger is rewritten while the run is going, so a SIGKILLed invocation (whose
   # `finally` never runs) still leaves its time behind; a later invocation adds to it.
