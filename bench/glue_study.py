@@ -223,9 +223,10 @@ def _provenance() -> dict[str, str]:
 
 def run_study(root: Path, cells: list[Cell], results: Path, smoke: bool = False) -> list[dict]:
   """Runs every cell in order (a task's teacher when its first cell needs it) and writes
-  one result row per finished cell. A cell that already has a row in ``results`` and no
-  work directory under ``root`` (it ran on another machine, or the runs were deleted) is
-  skipped, so the committed results file lets a new machine go on where the grid stopped."""
+  one result row per finished cell. A cell that already has a row in ``results`` but no
+  finished work directory (``summary.json``) under ``root`` -- it ran on another machine,
+  or the runs were deleted -- is skipped, so the committed results file lets a new
+  machine go on where the grid stopped."""
   from jaxprune.checkpoint import Preempted
   rows = {(r["task"], r["cell"]): r
           for r in (json.loads(results.read_text()) if results.is_file() else [])}
