@@ -237,7 +237,7 @@ def run_study(root: Path, cells: list[Cell], results: Path, smoke: bool = False)
     task, teacher = cell.task, root / cell.task / "teacher"
     if (task, cell.name) in rows and not (root / task / cell.name / "summary.json").is_file():
       print(f"== {task} {cell.name}: in {results.name}, skipped", flush=True)
-      continue  # finished elsewhere (its work directory is not here): the row is the record
+      continue  # finished elsewhere (no finished work directory here): the row is the record
     print(f"== {task} {cell.name}", flush=True)
     try:  # one broken cell (or teacher) must not stop an unattended grid
       if task not in teachers:
