@@ -40,6 +40,7 @@ collapsed to the majority class on MRPC.
 
 from jaxprune.config import base_config
 from jaxprune.config import parse_arg
+from jaxprune.config import student_recipe
 
 # Student epochs where 10 are not enough (docs/recipes.md: CoLA MCC 25.01 -> 28.89).
 EPOCHS = {"CoLA": 20.0}
@@ -61,12 +62,5 @@ def get_config(arg: str | None = None):
   config.finetune.epochs = 5.0
   config.finetune.lr = 1e-4
   config.train.epochs = args.epochs or EPOCHS.get(task, 10.0)
-  config.train.lr = 3e-4
-  config.train.dropout = 0.0
   config.prune.sparsity = args.sparsity
-  config.prune.ramp_fraction = 0.5
-  config.distill.prediction_loss = "kl"
-  config.distill.label_weight = 1.0
-  config.distill.mean_over = "tokens"
-  config.distill.intermediate_until = 0.8
-  return config
+  return student_recipe(config)
