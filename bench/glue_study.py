@@ -296,6 +296,9 @@ AT_BASELINE = "†"
 AT_BASELINE_NOTE = (f"{AT_BASELINE} at or below the majority class (constant prediction) "
                     "baseline: no better than always predicting the most frequent label, "
                     "whatever its retention says.")
+NOT_IN_GRID = "—"
+NOT_IN_GRID_NOTE = (f"{NOT_IN_GRID} not in the study's grid: the ablations and the start from "
+                    "the fine-tuned teacher run on RTE and MRPC only.")
 
 
 def _cell_text(rs: list[dict]) -> str:
@@ -339,6 +342,7 @@ def report(rows: list[dict], out_md: Path, cells: list[Cell] | None = None,
   groups = _groups(rows)
   avg = averages(rows)
   done = {(r["task"], r["cell"]) for r in rows}
+  planned = {(c.task, c.method, c.sparsity) for c in cells} if cells is not None else None
   lines = [BEGIN, "", f"Cells run: {len(done)}"
            + (f" of {len(cells)}" if cells is not None else "") + "."]
   provenance = sorted({(r.get("cpu", "?"), r.get("jax", "?")) for r in rows})
@@ -364,11 +368,13 @@ def report(rows: list[dict], out_md: Path, cells: list[Cell] | None = None,
       if not any((t, method, sparsity) in groups for t in tasks):
         continue
       cells_text = [_cell_text(groups[(t, method, sparsity)]) if (t, method, sparsity) in groups
-                    else "pending" for t in tasks]
+                    else "pending" if planned is None or (t, method, sparsity) in planned
+                    else NOT_IN_GRID for t in tasks]
       mean, n = avg.get((method, sparsity), (None, 0))
       summary = f"{mean:.1%}" + (f" ({n} of {len(tasks)} tasks)" if n < len(tasks) else "")
       table.append(f"| {method} | " + " | ".join(cells_text) + f" | {summary} |")
     lines += table + (["", AT_BASELINE_NOTE] if any(AT_BASELINE in r for r in table) else [])
+    lines += ["", NOT_IN_GRID_NOTE] if any(f"| {NOT_IN_GRID} |" in r for r in table) else []
   lines += ["", "### Every cell (mean ± std over seeds)", "",
             "| task | method | sparsity | seeds | metric | score | retention | baseline | "
             "non-zero encoder weights | steps | minutes |", "|---|" * 11 + ""]

@@ -108,6 +108,19 @@ def test_report_averages_targets_and_keeps_the_discussion(tmp_path):
   assert "Pending (26): RTE small_dense-s90-seed0" in text
 
 
+def test_report_marks_cells_outside_the_grid_apart_from_pending_ones(tmp_path):
+  # Ablations run on RTE and MRPC only: STS-B's is not pending, it is not in the grid.
+  rows = [_row("RTE", "no_attention", 0.9, 0, 0.45, 0.50)]
+  md = tmp_path / "results.md"
+  study.report(rows, md, study.grid(("RTE", "STS-B")), ("RTE", "STS-B"))
+  text = md.read_text()
+  assert "| no_attention | 45.00† (90.0%) | — | 90.0% (1 of 2 tasks) |" in text
+  assert text.count(study.NOT_IN_GRID_NOTE) == 1
+  assert "| sparsebert | pending | pending |" not in text  # methods without rows: no line
+  study.report(rows, md, None, ("RTE", "STS-B"))  # no grid given: nothing is known missing
+  assert "| no_attention | 45.00† (90.0%) | pending | 90.0% (1 of 2 tasks) |" in md.read_text()
+
+
 def test_a_failing_cell_does_not_stop_the_grid(tmp_path, monkeypatch):
   def fake_run(config, workdir, mode):
     if workdir.name == "magnitude-s90-seed0":
