@@ -18,8 +18,9 @@ def test_grid_is_the_issue_grid():
   names = {(c.task, c.name) for c in cells}
   assert len(cells) == len(names)
   # 5 tasks x (sparsebert, magnitude, small_dense) x 2 sparsities, +2 seeds x 2 methods on
-  # RTE and MRPC at 0.9, + 4 ablations on RTE and MRPC at 0.9, + the fix at 0.95.
-  assert len(cells) == 5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 5
+  # RTE and MRPC at 0.9, + 4 ablations on RTE and MRPC at 0.9, + 2 seeds of RTE's
+  # prediction-only student (CONFIRM), + the fix at 0.95.
+  assert len(cells) == 5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 2 + 5
   assert ("RTE", "sparsebert-s90-seed2") in names and ("CoLA", "sparsebert-s90-seed1") not in names
   assert ("MRPC", "no_hidden-s90-seed0") in names and ("MRPC", "no_hidden-s95-seed0") not in names
   assert ("STS-B", "prediction_only-s90-seed0") not in names
@@ -29,7 +30,9 @@ def test_grid_is_the_issue_grid():
   assert {c.sparsity for c in cells[15:30]} == {0.95}
   assert [c.seed for c in cells[30:38]] == [1, 2] * 4
   assert {c.method for c in cells[38:46]} == set(study.ABLATIONS)
-  assert cells[46:] == [study.Cell(t, "sparsebert_long", 0.95, 0) for t in study.TASKS]
+  assert cells[46:48] == [study.Cell("RTE", "prediction_only", 0.9, s) for s in (1, 2)]
+  assert ("MRPC", "prediction_only-s90-seed1") not in names
+  assert cells[48:] == [study.Cell(t, "sparsebert_long", 0.95, 0) for t in study.TASKS]
 
 
 def test_the_long_fix_doubles_the_training_and_keeps_the_fractions(tmp_path):
