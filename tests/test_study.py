@@ -44,6 +44,15 @@ def test_the_long_fix_doubles_the_training_and_keeps_the_fractions(tmp_path):
   assert long.method == plain.method and long.model == plain.model
 
 
+def test_the_grid_distils_every_term_whatever_the_task_preset_chose(tmp_path):
+  rte = study.cell_config(study.Cell("RTE", "sparsebert", 0.9, 0), tmp_path, smoke=False)
+  assert (rte.distill.attention_weight, rte.distill.hidden_weight) == (1.0, 1.0)
+  ablation = study.cell_config(study.Cell("RTE", "prediction_only", 0.9, 0), tmp_path, False)
+  assert (ablation.distill.attention_weight, ablation.distill.hidden_weight) == (0.0, 0.0)
+  rte.distill.attention_weight = rte.distill.hidden_weight = 0.0
+  assert ablation.to_dict() == rte.to_dict()  # the ablation differs in those two terms only
+
+
 def test_small_dense_size_matches_the_sparse_weight_count():
   from jaxprune.models import BertConfig, encoder_weight_count
   minilm = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,

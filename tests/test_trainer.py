@@ -25,11 +25,16 @@ from jaxprune import trainer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_config(arg: str | None = None):
-  spec = importlib.util.spec_from_file_location("tiny_config", ROOT / "configs" / "tiny.py")
+def config_module(name: str):
+  """The module of ``configs/<name>``, loaded from its file as config_flags does."""
+  spec = importlib.util.spec_from_file_location(name[:-3], ROOT / "configs" / name)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def tiny_config(arg: str | None = None):
+  return config_module("tiny.py").get_config(arg)
 
 
 @pytest.fixture(scope="module")
@@ -267,20 +272,26 @@ def test_parse_arg_rejects_unknown_keys():
                                        ("minilm_glue.py", "task=rte,sparsity=0.95"),
                                        ("reference.py", "task=qnli")])
 def test_every_config_loads_and_validates(name, arg):
-  spec = importlib.util.spec_from_file_location(name[:-3], ROOT / "configs" / name)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_module(name)
   config = module.get_config(arg) if arg else module.get_config()
   assert module.__doc__ and "jaxprune --mode=" in module.__doc__
   config.teacher = "some-teacher"
   config_lib.validate(config, "prune")
 
 
+@pytest.mark.parametrize("arg, weights", [("task=rte", 0.0), ("task=rte,terms=all", 1.0),
+                                          ("task=mrpc", 1.0), ("task=mrpc,terms=prediction", 0.0)])
+def test_glue_preset_distils_the_prediction_only_where_that_measured_best(arg, weights):
+  module = config_module("minilm_glue.py")
+  config = module.get_config(arg)
+  assert (config.distill.attention_weight, config.distill.hidden_weight) == (weights, weights)
+  assert config.distill.prediction_weight == 1.0
+  with pytest.raises(config_lib.ConfigError, match="terms='none'"):
+    module.get_config("task=rte,terms=none")
+
+
 def test_reference_config_is_the_reference():
-  spec = importlib.util.spec_from_file_location("reference", ROOT / "configs" / "reference.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("task=mrpc")
+  c = config_module("reference.py").get_config("task=mrpc")
   assert (c.train.optimizer, c.train.lr, c.train.batch_size, c.train.epochs) == (
       "bert_adam", 3e-5, 32, 12.0)
   assert c.prune.schedule == "reference" and c.prune.ramp_fraction == 1.0
