@@ -109,13 +109,15 @@ def _load_config(path: Path, arg: str):
 
 def base_config(task: str, sparsity: float, smoke: bool):
   """The preset of a task (``configs/minilm_glue.py``; ``configs/tiny.py`` in smoke mode),
-  with every distillation term on every task (``terms=all``): the grid's SparseBERT is
-  the paper's method whatever a task's preset has since chosen from the grid."""
+  with every distillation term on every task (``terms=all``) and the grid's schedule at
+  every sparsity (``schedule=plain``): the grid's SparseBERT is the paper's method
+  whatever a task's preset has since chosen from the grid."""
   if smoke:
     return _load_config(ROOT / "configs" / "tiny.py", f"task={task},sparsity={sparsity}")
   subsample = SST2_SUBSAMPLE if task == "SST-2" else 0
   return _load_config(ROOT / "configs" / "minilm_glue.py",
-                      f"task={task},sparsity={sparsity},subsample={subsample},terms=all")
+                      f"task={task},sparsity={sparsity},subsample={subsample},terms=all,"
+                      "schedule=plain")
 
 
 def small_dense_size(config: Any, keep: float) -> dict[str, int]:

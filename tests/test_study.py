@@ -53,6 +53,17 @@ def test_the_grid_distils_every_term_whatever_the_task_preset_chose(tmp_path):
   assert ablation.to_dict() == rte.to_dict()  # the ablation differs in those two terms only
 
 
+def test_the_grid_schedule_is_plain_at_95_and_the_fix_doubles_it(tmp_path):
+  # The preset trains twice as long from 95% on; the grid's 95% cells keep the plain
+  # schedule it ran with, and sparsebert_long is that schedule doubled.
+  for task, epochs in (("MRPC", 10.0), ("CoLA", 20.0)):
+    plain = study.cell_config(study.Cell(task, "sparsebert", 0.95, 0), tmp_path, False)
+    long = study.cell_config(study.Cell(task, "sparsebert_long", 0.95, 0), tmp_path, False)
+    assert (plain.train.epochs, long.train.epochs) == (epochs, 2 * epochs)
+    long.train.epochs = epochs
+    assert long.to_dict() == plain.to_dict()
+
+
 def test_small_dense_size_matches_the_sparse_weight_count():
   from jaxprune.models import BertConfig, encoder_weight_count
   minilm = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,

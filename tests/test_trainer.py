@@ -290,6 +290,19 @@ def test_glue_preset_distils_the_prediction_only_where_that_measured_best(arg, w
     module.get_config("task=rte,terms=none")
 
 
+@pytest.mark.parametrize("arg,epochs", [
+    ("task=mrpc", 10.0), ("task=mrpc,sparsity=0.95", 20.0), ("task=cola,sparsity=0.95", 40.0),
+    ("task=mrpc,sparsity=0.95,schedule=plain", 10.0), ("task=mrpc,schedule=long", 20.0),
+    ("task=mrpc,sparsity=0.95,epochs=3", 3.0)])
+def test_glue_preset_trains_twice_as_long_from_95_percent(arg, epochs):
+  module = config_module("minilm_glue.py")
+  config = module.get_config(arg)
+  assert config.train.epochs == epochs
+  assert config.prune.ramp_fraction == module.get_config("task=mrpc").prune.ramp_fraction
+  with pytest.raises(config_lib.ConfigError, match="schedule='short'"):
+    module.get_config("task=mrpc,schedule=short")
+
+
 def test_reference_config_is_the_reference():
   c = config_module("reference.py").get_config("task=mrpc")
   assert (c.train.optimizer, c.train.lr, c.train.batch_size, c.train.epochs) == (
