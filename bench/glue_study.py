@@ -442,11 +442,17 @@ def _reference_lines(ax, row: dict) -> None:
     ax.axhline(100 * row["baseline"], color="0.5", lw=0.8, ls="-.", label="majority")
 
 
-def _save(fig, legend_ax, path: Path) -> bool:
-  """The legend on one panel, a tight layout, the PNG at ``path``."""
-  legend_ax.legend(fontsize=7)
+def _save(fig, path: Path) -> bool:
+  """One legend right of the panels with every label any panel drew (a method run on one
+  task only is named too), a tight layout, the PNG at ``path``."""
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  handles = {}
+  for ax in fig.axes:
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+      handles.setdefault(label, handle)
+  fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center left",
+             bbox_to_anchor=(1.0, 0.5))
+  fig.savefig(path, dpi=100, bbox_inches="tight")
   return True
 
 
@@ -467,7 +473,7 @@ def _plot_scores(groups: dict[tuple, list[dict]], path: Path) -> bool:
     _reference_lines(ax, first)
     ax.set(title=task, xlabel="non-zero encoder weights (millions)", ylabel=first["metric"])
     ax.grid(alpha=0.3)
-  return _save(fig, axes[0], path)
+  return _save(fig, path)
 
 
 def _plot_curves(groups: dict[tuple, list[dict]], path: Path) -> bool:
@@ -494,7 +500,7 @@ def _plot_curves(groups: dict[tuple, list[dict]], path: Path) -> bool:
     ax.set(title=f"{task}, 90% (dotted: final sparsity)", xlabel="step",
            ylabel=first["metric"])
     ax.grid(alpha=0.3)
-  return _save(fig, axes[0], path)
+  return _save(fig, path)
 
 
 def _plot_retention(groups: dict[tuple, list[dict]], path: Path) -> bool:
@@ -519,7 +525,7 @@ def _plot_retention(groups: dict[tuple, list[dict]], path: Path) -> bool:
   ax.set(xlabel="encoder sparsity (%)", ylabel="% of the teacher's score",
          title="retention (dots: tasks, line: their mean)")
   ax.grid(alpha=0.3)
-  return _save(fig, ax, path)
+  return _save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
