@@ -345,6 +345,23 @@ def _targets(avg: dict, n_tasks: int) -> list[str]:
   return lines
 
 
+def _machines(rows: list[dict], name_up_to: int = 3) -> list[str]:
+  """A line per machine (CPU and jax version) the rows ran on, the most used first; with
+  more than one, each says how many cells ran there, naming them when there are few (a
+  cell's minutes are only comparable with those of cells from the same machine)."""
+  where: dict[tuple[str, str], list[dict]] = {}
+  for r in rows:
+    where.setdefault((r.get("cpu", "?"), r.get("jax", "?")), []).append(r)
+  lines = []
+  for (cpu, jax), rs in sorted(where.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+    which = ""
+    if len(where) > 1:
+      names = ", ".join(f"{r['task']} {r['cell']}" for r in rs)
+      which = f" ({len(rs)} cells)" if len(rs) > name_up_to else f" ({names})"
+    lines.append(f"Machine: {cpu}; jax {jax}{which}.")
+  return lines
+
+
 def report(rows: list[dict], out_md: Path, cells: list[Cell] | None = None,
            tasks: tuple[str, ...] = TASKS) -> None:
   """Writes the study's tables, targets and plots into ``out_md``, between the two report
@@ -355,8 +372,7 @@ def report(rows: list[dict], out_md: Path, cells: list[Cell] | None = None,
   planned = {(c.task, c.method, c.sparsity) for c in cells} if cells is not None else None
   lines = [BEGIN, "", f"Cells run: {len(done)}"
            + (f" of {len(cells)}" if cells is not None else "") + "."]
-  provenance = sorted({(r.get("cpu", "?"), r.get("jax", "?")) for r in rows})
-  lines += [f"Machine: {cpu}; jax {jax}." for cpu, jax in provenance]
+  lines += _machines(rows)
   commits = sorted({r.get("commit", "?") for r in rows})
   lines += [f"jaxprune commits: {', '.join(commits)}.", "", "### Targets (five-task averages of retention)", ""]
   lines += _targets(avg, len(tasks))

@@ -132,6 +132,14 @@ def test_report_averages_targets_and_keeps_the_discussion(tmp_path):
   assert "Pending (28): RTE small_dense-s90-seed0" in text
 
 
+def test_report_says_which_cells_ran_on_which_machine():
+  rows = [_row("RTE", "sparsebert", 0.9, seed, 0.5, 0.5) for seed in range(4)]
+  assert study._machines(rows) == ["Machine: test cpu; jax 0."]  # one machine: no counts
+  rows.append(dict(_row("RTE", "magnitude", 0.9, 0, 0.5, 0.5), cpu="other cpu"))
+  assert study._machines(rows) == ["Machine: test cpu; jax 0 (4 cells).",
+                                   "Machine: other cpu; jax 0 (RTE magnitude-s90-seed0)."]
+
+
 def test_report_marks_cells_outside_the_grid_apart_from_pending_ones(tmp_path):
   # Ablations run on RTE and MRPC only: STS-B's is not pending, it is not in the grid.
   rows = [_row("RTE", "no_attention", 0.9, 0, 0.45, 0.50)]
