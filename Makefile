@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/jaxprune --mode=demo --config=configs/demo.py $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 $(ARGS)
+	$(PY) -m pytest -q -n auto --dist worksteal --durations=15 $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,22 +1,58 @@
-"""Shared fixtures: the offline GLUE copy and the offline pre-trained MiniLM-L6."""
+"""Shared fixtures: the offline GLUE copy and the offline pre-trained MiniLM-L6.
+
+Also what makes the suite fit its time budget on 2 cores (tests/README.md has the
+measurements): one XLA compilation cache and one XLA optimisation level for the pytest
+workers and every process they start, runs shared across pytest-xdist workers
+(``shared_run``), the slow tests scheduled first, and the closing budget line.
+"""
 
 import atexit
 import os
 from pathlib import Path
 import shutil
 import tempfile
+import time
 
 import pytest
 
 # One XLA compilation cache for the whole session, shared with every subprocess the
-# tests start (the CLI, pod workers, notebooks): dozens of them compile the same tiny
-# programs, and a warm cache halves a tiny CLI run (30.6 s -> 12.8 s on 2 cores). It
-# starts empty in each session, so each program is still compiled once here; a
-# JAX_COMPILATION_CACHE_DIR already set is kept. Set before anything imports jax.
+# tests start (the CLI, pod workers, notebooks) and with every xdist worker (they
+# inherit the environment of the controller, which imports this file first): dozens of
+# processes compile the same tiny programs, and a warm cache halves a tiny CLI run
+# (30.6 s -> 12.8 s on 2 cores). It starts empty in each session, so each program is
+# still compiled once here; a JAX_COMPILATION_CACHE_DIR already set is kept. Set before
+# anything imports jax.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxprune-xla-cache-")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+# XLA's CPU backend without LLVM's optimisation passes: the tests' programs are tiny,
+# so compiling is most of their time, and level 0 compiles a tiny prune run's two train
+# steps in a third less CPU time (tests/README.md). The results are the same programs'
+# results (every test compares with tolerances or with runs made under the same flags);
+# bench/ and the CLI keep XLA's default. JAXPRUNE_TEST_XLA_FLAGS="" turns it off.
+TEST_XLA_FLAGS = os.environ.get("JAXPRUNE_TEST_XLA_FLAGS",
+                                "--xla_backend_optimization_level=0").split()
+
+
+def cpu_env(devices: int | None = None, env: dict | None = None) -> dict:
+  """``env`` (default: this process's) for a JAX process on the CPU with ``devices``
+  fake devices (None: XLA's default, one) and the suite's XLA flags."""
+  env = dict(os.environ if env is None else env)
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")
+           and f not in TEST_XLA_FLAGS]
+  flags += TEST_XLA_FLAGS
+  if devices is not None:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
+  return env
+
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [f for f in os.environ.get("XLA_FLAGS", "").split() if f not in TEST_XLA_FLAGS]
+    + TEST_XLA_FLAGS)
 
 # ../shared/data/glue beside the checkout; JAXPRUNE_GLUE_DIR overrides.
 GLUE_DIR = Path(os.environ.get("JAXPRUNE_GLUE_DIR")
@@ -112,6 +148,29 @@ def gcs_bucket():
       os.environ[k] = v
 
 
+def shared_run(tmp_path_factory, name: str, build) -> Path:
+  """A folder that ``build(folder)`` fills once per test session, whichever pytest-xdist
+  worker asks first (the others wait on a file lock, then reuse it); without xdist,
+  once per session as a session fixture. A failed build leaves nothing behind, so the
+  next asker builds again and fails with its own error."""
+  from filelock import FileLock
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the workers' base folders share this parent
+  folder = root / f"shared-{name}"
+  with FileLock(f"{folder}.lock"):
+    if not (folder / ".complete").is_file():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      try:
+        build(folder)
+      except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+      (folder / ".complete").write_text("")
+  return folder
+
+
 @pytest.fixture(scope="session")
 def one_process_prune_run(tmp_path_factory, glue_dir, minilm_dir):
   """A tiny teacher, then the tiny prune job (padding trim and length grouping on) as 1
@@ -120,11 +179,40 @@ def one_process_prune_run(tmp_path_factory, glue_dir, minilm_dir):
   flags without --workdir, its workdir, its final checkpoint's arrays)."""
   from test_multiprocess import BASE, STEPS, _checkpoint, _start
   from test_sharding import wait
-  tmp = tmp_path_factory.mktemp("one_process")
   base = [*BASE, f"--config.glue_dir={glue_dir}"]  # absolute: workers run elsewhere
-  teacher = tmp / "teacher"
-  wait([_start(["--mode=finetune", *base, f"--workdir={teacher}"], 1, tmp / "teacher.log")],
-       tmp)
-  args = ["--mode=prune", *base, f"--config.teacher={teacher}"]
-  wait([_start([*args, f"--workdir={tmp / 'one'}"], 4, tmp / "one.log")], tmp)
+
+  def build(tmp: Path) -> None:
+    teacher = tmp / "teacher"
+    wait([_start(["--mode=finetune", *base, f"--workdir={teacher}"], 1,
+                 tmp / "teacher.log")], tmp)
+    wait([_start(["--mode=prune", *base, f"--config.teacher={teacher}",
+                  f"--workdir={tmp / 'one'}"], 4, tmp / "one.log")], tmp)
+
+  tmp = shared_run(tmp_path_factory, "one_process", build)
+  args = ["--mode=prune", *base, f"--config.teacher={tmp / 'teacher'}"]
   return args, tmp / "one", _checkpoint(tmp / "one", STEPS)
+
+
+# ------------------------------------------------------------------ scheduling, budget
+
+# The suite's time budget on the project's 2-core machine, shown (never enforced: the
+# machines are noisy) in the last line of every run.
+BUDGET_MINUTES = 11.0
+_START = time.time()
+
+
+def pytest_collection_modifyitems(session, config, items):
+  """Tests marked ``slow`` run first (each module's in their order), so that xdist's
+  workers share the long ones out at the start and end on short ones."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable sort
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+  if hasattr(config, "workerinput"):  # an xdist worker: the controller reports
+    return
+  minutes = (time.time() - _START) / 60
+  line = f"test suite: {minutes:.1f} min of its {BUDGET_MINUTES:g}-minute budget"
+  if minutes > BUDGET_MINUTES:
+    line += (f" -- OVER BUDGET by {minutes - BUDGET_MINUTES:.1f} min (tests/README.md: "
+             "where the time goes)")
+  terminalreporter.write_line(line)

@@ -3,23 +3,25 @@ through the same gcsfs / epath / tensorstore stack a TPU-pod run uses.
 
 Files are published only when complete, remote folders are read through a local copy,
 and the tiny finetune -> prune -> eval -> export chain with every path in the bucket
-(the teacher read from there too) scores and exports exactly as with local folders; a
-run killed with SIGKILL resumes from the bucket.
+(the teacher read from there too) scores and exports exactly as conftest's reference
+chain in local folders; a run killed with SIGKILL resumes from the bucket to the
+reference's final state.
 """
 
 import json
 import signal
 import time
 
-import jax
-import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
+from conftest import cpu_env
 from jaxprune import paths
+from test_multiprocess import STEPS, _checkpoint
 from test_trainer import _cli, assert_same_states, interrupt
 
-ARGS = ["--config=configs/tiny.py:steps=16,sparsity=0.8"]
+# conftest's reference chain: the teacher on 1 device, the prune run on 4.
+DEVICES = {"finetune": 1, "prune": 4, "eval": 4, "export": 1}
 
 
 def test_paths_write_publish_and_read_back(gcs_bucket, tmp_path):
@@ -77,8 +79,16 @@ def test_hf_export_to_gcs_loads_back_as_a_teacher(gcs_bucket, minilm_dir):
     np.testing.assert_array_equal(np.asarray(flat_a[k]), np.asarray(flat_b[k]), err_msg=k)
 
 
+def _args(one_process_prune_run, teacher: str | None = None) -> list[str]:
+  """The reference prune job's flags without --mode and --workdir, reading ``teacher``
+  (None: no teacher flag, as a finetune, eval or export run takes them)."""
+  args, _, _ = one_process_prune_run
+  args = [a for a in args[1:] if not a.startswith("--config.teacher=")]
+  return args + ([f"--config.teacher={teacher}"] if teacher else [])
+
+
 def _run(mode: str, workdir: str, *extra: str):
-  result = _cli(f"--mode={mode}", *ARGS, f"--workdir={workdir}", *extra)
+  result = _cli(f"--mode={mode}", *extra, f"--workdir={workdir}", env=cpu_env(DEVICES[mode]))
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
@@ -88,49 +98,47 @@ def _summary(workdir: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def local_and_gcs_runs(gcs_bucket, glue_dir, minilm_dir, tmp_path_factory):
-  """The same chain twice, in local folders and in the bucket; prints both times."""
-  runs, seconds = {}, {}
-  for where, root in (("local", str(tmp_path_factory.mktemp("local"))),
-                      ("gcs", f"{gcs_bucket}/chain")):
-    t0 = time.time()
-    _run("finetune", f"{root}/teacher")
-    _run("prune", f"{root}/student", f"--config.teacher={root}/teacher")
-    seconds[where] = time.time() - t0
-    runs[where] = root
-  print(f"\ntiny finetune + prune (2 x 16 steps): local {seconds['local']:.1f} s, "
-        f"gs:// {seconds['gcs']:.1f} s")
-  return runs
+def local_and_gcs_runs(gcs_bucket, one_process_prune_run):
+  """conftest's reference chain (local folders) and the same chain in the bucket, as
+  {run: (local workdir, gs:// workdir)}; prints the bucket chain's time."""
+  _, local_student, _ = one_process_prune_run
+  root = f"{gcs_bucket}/chain"
+  t0 = time.time()
+  _run("finetune", f"{root}/teacher", *_args(one_process_prune_run))
+  _run("prune", f"{root}/student", *_args(one_process_prune_run, f"{root}/teacher"))
+  print(f"\ntiny finetune + prune in gs:// (2 x {STEPS} steps): {time.time() - t0:.1f} s")
+  return {"teacher": (str(local_student.parent / "teacher"), f"{root}/teacher"),
+          "student": (str(local_student), f"{root}/student")}
 
 
-def test_chain_on_gcs_scores_and_exports_exactly_as_local(local_and_gcs_runs):
-  local, gcs = local_and_gcs_runs["local"], local_and_gcs_runs["gcs"]
-  for run in ("teacher", "student"):
-    a, b = _summary(f"{local}/{run}"), _summary(f"{gcs}/{run}")
+@pytest.mark.slow
+def test_chain_on_gcs_scores_and_exports_exactly_as_local(local_and_gcs_runs,
+                                                          one_process_prune_run, tmp_path):
+  for run, (local, gcs) in local_and_gcs_runs.items():
+    a, b = _summary(local), _summary(gcs)
     assert a["selected"] == b["selected"] and a["teacher_scores"] == b["teacher_scores"]
     for name in ("hf/model.safetensors", "hf/config.json", "model.sparse.safetensors"):
-      assert (epath.Path(f"{local}/{run}/{name}").read_bytes()
-              == epath.Path(f"{gcs}/{run}/{name}").read_bytes()), (run, name)
+      assert (epath.Path(f"{local}/{name}").read_bytes()
+              == epath.Path(f"{gcs}/{name}").read_bytes()), (run, name)
     for name in ("metrics.jsonl", "run.png", "hf/vocab.txt"):
-      assert paths.is_file(f"{gcs}/{run}/{name}"), name
-  evals = [json.loads(_run("eval", f"{w}/student").stdout)["dev"] for w in (local, gcs)]
-  assert evals[0] == evals[1] == _summary(f"{gcs}/student")["selected"]["scores"]
-  for w in (local, gcs):
-    _run("export", f"{w}/student", "--format=sparse", f"--out={w}/export")
-  assert (epath.Path(f"{gcs}/export/model.sparse.safetensors").read_bytes()
-          == epath.Path(f"{local}/export/model.sparse.safetensors").read_bytes())
+      assert paths.is_file(f"{gcs}/{name}"), name
+  local, gcs = local_and_gcs_runs["student"]
+  # eval of the bucket's run = its summary's scores (= the local run's, checked above).
+  evaluated = _run("eval", gcs, *_args(one_process_prune_run)).stdout
+  assert json.loads(evaluated)["dev"] == _summary(gcs)["selected"]["scores"]
+  _run("export", local, "--format=sparse", f"--out={tmp_path / 'export'}")
+  _run("export", gcs, "--format=sparse", f"--out={gcs}-export")
+  assert (epath.Path(f"{gcs}-export/model.sparse.safetensors").read_bytes()
+          == (tmp_path / "export" / "model.sparse.safetensors").read_bytes())
 
 
-def _state(workdir: str, step: int):
-  state = ocp.StandardCheckpointer().restore(epath.Path(f"{workdir}/checkpoints/{step}/state"))
-  return jax.tree_util.tree_flatten_with_path(state)[0]
-
-
-def test_sigkill_and_resume_from_gcs(local_and_gcs_runs, gcs_bucket):
-  local, gcs = local_and_gcs_runs["local"], local_and_gcs_runs["gcs"]
-  args = ["--mode=prune", *ARGS, f"--config.teacher={gcs}/teacher"]
+@pytest.mark.slow
+def test_sigkill_and_resume_from_gcs(local_and_gcs_runs, one_process_prune_run, gcs_bucket):
+  _, _, reference = one_process_prune_run
+  _, gcs_teacher = local_and_gcs_runs["teacher"]  # bitwise the local teacher (above)
+  args = ["--mode=prune", *_args(one_process_prune_run, gcs_teacher)]
   killed = f"{gcs_bucket}/killed"
-  interrupt(args, killed, signal.SIGKILL, after_step=6)
-  resumed = _cli(*args, f"--workdir={killed}")
+  interrupt(args, killed, signal.SIGKILL, after_step=6, env=cpu_env(4))
+  resumed = _cli(*args, f"--workdir={killed}", env=cpu_env(4))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert_same_states(_state(f"{local}/student", 16), _state(killed, 16))
+  assert_same_states(reference, _checkpoint(epath.Path(killed), STEPS))

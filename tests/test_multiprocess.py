@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import cpu_env
 import multiprocess_worker as worker
 from test_sharding import assert_matches_reference, launch_worker, load, wait
 from test_sharding import logs as worker_logs
@@ -53,17 +54,10 @@ def test_two_processes_match_one_process(tmp_path):
     np.testing.assert_array_equal(results[1][0][name], value, err_msg=name)
 
 
-def _cli_env(devices: int) -> dict:
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  return {**os.environ, "JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])}
-
-
 def _start(args: list[str], devices: int, log: Path) -> subprocess.Popen:
   with open(log, "w") as out:
     return subprocess.Popen([sys.executable, "-m", "jaxprune.main", *args], cwd=ROOT,
-                            env=_cli_env(devices), stdout=out, stderr=subprocess.STDOUT)
+                            env=cpu_env(devices), stdout=out, stderr=subprocess.STDOUT)
 
 
 def _checkpoint(workdir: Path, step: int) -> dict:

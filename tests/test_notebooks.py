@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GLUE_DIR
+from conftest import GLUE_DIR, cpu_env
 
 nbformat = pytest.importorskip("nbformat", reason="needs the test extra (nbformat)")
 jupytext = pytest.importorskip("jupytext", reason="needs the test extra (jupytext)")
@@ -198,7 +198,7 @@ def test_runs_in_smoke_mode(path, kernel_dir, tmp_path, monkeypatch, request):
   monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
   monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
   # Two CPU devices: the cells run sharded, as on a TPU runtime's devices.
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  monkeypatch.setenv("XLA_FLAGS", cpu_env(2)["XLA_FLAGS"])
   nb = _smoke(_read(path))
   client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=600,
                                    resources={"metadata": {"path": str(tmp_path)}})

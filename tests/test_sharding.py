@@ -17,6 +17,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from conftest import cpu_env
 import multiprocess_worker as worker
 from jaxprune import masks, optim, sharding, transforms
 from jaxprune.models import bert
@@ -28,10 +29,7 @@ TIMEOUT_S = 300
 
 def launch_worker(out: Path, meshes: str, devices: int, *extra: str) -> subprocess.Popen:
   """Starts the worker with ``devices`` fake CPU devices; output goes to a log file."""
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])}
+  env = cpu_env(devices)
   with open(out / f"worker_{meshes}_{'_'.join(extra[-1:])}.log", "w") as log:
     return subprocess.Popen([sys.executable, str(WORKER), "--out", str(out), "--meshes",
                              meshes, *extra], env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -18,6 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import cpu_env
+from test_multiprocess import STEPS, _checkpoint
 from jaxprune import checkpoint
 from jaxprune import config as config_lib
 from jaxprune import trainer
@@ -38,10 +40,11 @@ def tiny_config(arg: str | None = None):
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(glue_dir, minilm_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("tiny") / "teacher"
-  summary = trainer.train_and_evaluate(tiny_config(), workdir, "finetune", progress=False)
-  assert summary["steps"] == 12
+def teacher_dir(one_process_prune_run):
+  """The tiny teacher of conftest's reference run (12 finetune steps), shared: read only."""
+  _, reference_workdir, _ = one_process_prune_run
+  workdir = reference_workdir.parent / "teacher"
+  assert json.loads((workdir / "summary.json").read_text())["steps"] == 12
   return workdir
 
 
@@ -86,13 +89,14 @@ def _final_state(workdir: Path, step: int):
   return jax.tree_util.tree_flatten_with_path(state)[0]
 
 
-def interrupt(args: list[str], workdir, sig: int, after_step: int, timeout: float = 240):
+def interrupt(args: list[str], workdir, sig: int, after_step: int, timeout: float = 240,
+              env: dict | None = None):
   """Starts the CLI and sends ``sig`` once ``metrics.jsonl`` shows ``after_step`` (read
   through jaxprune.paths, so ``workdir`` may be gs://); returns (exit code, stderr)."""
   from jaxprune import paths
   proc = subprocess.Popen([sys.executable, "-m", "jaxprune.main", *args,
                            f"--workdir={workdir}"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True, env=env)
   deadline = time.time() + timeout
   metrics = paths.path(f"{workdir}/metrics.jsonl")
   while time.time() < deadline and proc.poll() is None:
@@ -104,37 +108,28 @@ def interrupt(args: list[str], workdir, sig: int, after_step: int, timeout: floa
   proc.send_signal(sig)
   _, stderr = proc.communicate(timeout=120)
   done = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "train"]
-  assert max(r["step"] for r in done) < 16, "the run finished before it was interrupted"
+  assert max(r["step"] for r in done) < STEPS, "the run finished before it was interrupted"
   return proc.returncode, stderr
 
 
-def assert_same_states(a, b):
-  assert [p for p, _ in a] == [p for p, _ in b]
-  names = [jax.tree_util.keystr(p) for p, _ in a]
-  assert any("masks" in n for n in names), names[:10]
-  for (path, x), (_, y) in zip(a, b):
-    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+def assert_same_states(a: dict, b: dict) -> None:
+  """Two checkpoints' arrays (``test_multiprocess._checkpoint``) are bitwise equal."""
+  assert list(a) == list(b)
+  assert any("masks" in name for name in a), list(a)[:10]
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(teacher_dir, tmp_path_factory):
-  """The tiny 16-step prune job run through: (its flags without --workdir, final state)."""
-  args = ["--mode=prune", "--config=configs/tiny.py:steps=16,sparsity=0.8",
-          f"--config.teacher={teacher_dir}"]
-  workdir = tmp_path_factory.mktemp("uninterrupted")
-  full = _cli(*args, f"--workdir={workdir}")
-  assert full.returncode == 0, full.stderr[-2000:]
-  return args, _final_state(workdir, 16)
-
-
-def test_sigterm_then_sigkill_then_resume_is_bitwise_exact(uninterrupted, tmp_path):
+@pytest.mark.slow
+def test_sigterm_then_sigkill_then_resume_is_bitwise_exact(one_process_prune_run, tmp_path):
   """SIGTERM saves at a step boundary and says so in one line (exit code 75); the re-run
   is then SIGKILLed mid-flight; the third run resumes from the last complete checkpoint
-  and ends where the uninterrupted run ends, bit for bit. One workdir for both signals:
-  each interrupted run costs a process start and a compile (~20 s on 2 cores)."""
-  args, final = uninterrupted
-  workdir, rng = tmp_path / "interrupted", random.Random(os.getpid())
-  code, stderr = interrupt(args, workdir, signal.SIGTERM, rng.randint(3, 6))
+  and ends where the uninterrupted run (conftest's reference: 1 process x 4 devices)
+  ends, bit for bit. One workdir for both signals: each interrupted run costs a process
+  start (its programs are in the session's compilation cache)."""
+  args, _, final = one_process_prune_run
+  workdir, rng, env = tmp_path / "interrupted", random.Random(os.getpid()), cpu_env(4)
+  code, stderr = interrupt(args, workdir, signal.SIGTERM, rng.randint(3, 6), env=env)
   assert code == 75, stderr[-2000:]
   line = [l for l in stderr.splitlines() if l.startswith("jaxprune:")]
   assert len(line) == 1 and re.search(r"preempted at step (\d+); re-run", line[0]), stderr
@@ -142,12 +137,12 @@ def test_sigterm_then_sigkill_then_resume_is_bitwise_exact(uninterrupted, tmp_pa
   assert step in checkpoint.Checkpointer(workdir / "checkpoints").steps()
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").open()]
   assert {"step": step, "kind": "preempted", "signal": 15} in rows
-  kill_at = rng.randint(step + 2, max(step + 2, 13))
-  code, stderr = interrupt(args, workdir, signal.SIGKILL, kill_at)
+  kill_at = rng.randint(step + 2, max(step + 2, STEPS - 3))
+  code, stderr = interrupt(args, workdir, signal.SIGKILL, kill_at, env=env)
   assert code == -signal.SIGKILL, stderr[-2000:]
-  resumed = _cli(*args, f"--workdir={workdir}")
+  resumed = _cli(*args, f"--workdir={workdir}", env=env)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert_same_states(final, _final_state(workdir, 16))
+  assert_same_states(final, _checkpoint(workdir, STEPS))
 
 
 @pytest.mark.slow
@@ -227,7 +222,7 @@ def test_cli_errors_are_one_line_exit_2(override, message, tmp_path):
 def test_cli_batch_not_divisible_by_data_parallel(teacher_dir, tmp_path):
   result = _cli("--mode=prune", "--config=configs/tiny.py", f"--workdir={tmp_path}",
                 f"--config.teacher={teacher_dir}", "--config.train.batch_size=6",
-                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+                env=cpu_env(4))
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert "batch_size=6 is not divisible by the 4 data-parallel devices" in result.stderr
 
