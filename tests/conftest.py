@@ -36,23 +36,23 @@ TEST_XLA_FLAGS = os.environ.get("JAXPRUNE_TEST_XLA_FLAGS",
                                 "--xla_backend_optimization_level=0").split()
 
 
+def _with_test_flags(flags: str, devices: int | None = None) -> str:
+  """``XLA_FLAGS`` text with the suite's flags once and, when given, ``devices``."""
+  kept = [f for f in flags.split() if f not in TEST_XLA_FLAGS and (
+      devices is None or not f.startswith("--xla_force_host_platform_device_count"))]
+  count = [] if devices is None else [f"--xla_force_host_platform_device_count={devices}"]
+  return " ".join(kept + TEST_XLA_FLAGS + count)
+
+
 def cpu_env(devices: int | None = None, env: dict | None = None) -> dict:
   """``env`` (default: this process's) for a JAX process on the CPU with ``devices``
-  fake devices (None: XLA's default, one) and the suite's XLA flags."""
+  fake devices (None: as ``env`` has them) and the suite's XLA flags."""
   env = dict(os.environ if env is None else env)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")
-           and f not in TEST_XLA_FLAGS]
-  flags += TEST_XLA_FLAGS
-  if devices is not None:
-    flags.append(f"--xla_force_host_platform_device_count={devices}")
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=_with_test_flags(env.get("XLA_FLAGS", ""), devices))
   return env
 
 
-os.environ["XLA_FLAGS"] = " ".join(
-    [f for f in os.environ.get("XLA_FLAGS", "").split() if f not in TEST_XLA_FLAGS]
-    + TEST_XLA_FLAGS)
+os.environ["XLA_FLAGS"] = _with_test_flags(os.environ.get("XLA_FLAGS", ""))
 
 # ../shared/data/glue beside the checkout; JAXPRUNE_GLUE_DIR overrides.
 GLUE_DIR = Path(os.environ.get("JAXPRUNE_GLUE_DIR")
