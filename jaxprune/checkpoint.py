@@ -50,25 +50,37 @@ class PreemptionGuard:
   progress is never interrupted by them); `requested` tells every process, at the same
   step, whether any of them got one.
 
+  With one process the flag is read at every step (no cost). With several, agreeing
+  takes a collective, which would make the host wait for the device at every step: it
+  runs only every ``check_every`` steps, so a signal is acted on up to
+  ``check_every - 1`` steps late (a TPU spot VM has 30 s). JAX's own preemption sync
+  point (``multihost_utils.reached_preemption_sync_point``, which the coordination
+  service raises without a per-step collective, also for TPU maintenance events) is
+  consulted at every step when the distributed runtime provides it.
+
   Example::
 
-    with PreemptionGuard() as guard:
+    with PreemptionGuard(check_every=10) as guard:
       for step in ...:
         ...
-        if guard.requested():  # every process calls it once per step
+        if guard.requested(step):  # every process calls it at every step
           save(step); raise Preempted(...)
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self):
+  def __init__(self, check_every: int = 10):
+    if check_every < 1:
+      raise ValueError(f"check_every={check_every}: expected >= 1")
+    self.check_every = check_every
     self.signal: int | None = None
     self._previous: dict[int, Any] = {}
+    self._sync_point = jax.process_count() > 1
 
   def _handle(self, signum, frame) -> None:
     del frame
     if self.signal is None:
-      log.warning("got signal %d: saving at the end of this step, then stopping", signum)
+      log.warning("got signal %d: saving at the next agreed step, then stopping", signum)
     self.signal = signum
 
   def __enter__(self) -> "PreemptionGuard":
@@ -79,15 +91,25 @@ class PreemptionGuard:
 
   def __exit__(self, *exc) -> None:
     for s, handler in self._previous.items():
-      signal.signal(s, handler)
+      signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
-  def requested(self) -> bool:
-    """Whether any process got a signal (a collective when there are several)."""
-    local = np.int32(self.signal is not None)
+  def requested(self, step: int) -> bool:
+    """Whether any process got a signal; the same answer on every process at ``step``
+    (a collective every ``check_every`` steps when there are several processes)."""
+    local = self.signal is not None
     if jax.process_count() == 1:
-      return bool(local)
+      return local
     from jax.experimental import multihost_utils
-    return bool(np.max(multihost_utils.process_allgather(local)))
+    if self._sync_point:
+      try:
+        if multihost_utils.reached_preemption_sync_point(step):
+          self.signal = self.signal or signal.SIGTERM
+          return True
+      except RuntimeError:  # no preemption service in this runtime
+        self._sync_point = False
+    if step % self.check_every:
+      return False
+    return bool(np.max(multihost_utils.process_allgather(np.int32(local))))
 
 log = logging.getLogger(__name__)
 

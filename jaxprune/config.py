@@ -178,6 +178,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.process_id = 0
   # Seconds without a heartbeat after which the other processes give up on a dead one.
   config.heartbeat_timeout = 100
+  # With several processes, agree on a preemption signal (SIGTERM/SIGINT) every this many
+  # steps: the agreement is a collective, and one per step would make every host wait
+  # for its device. A signal is acted on up to this many steps late (1: every step).
+  config.preemption_check_every = 10
   return config
 
 
@@ -316,6 +320,9 @@ def validate(config: ml_collections.ConfigDict, mode: str) -> None:
     value = config.student[name]
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
       raise ConfigError(f"student.{name}={value!r}: expected an int >= 0 (0: keep)")
+  if config.preemption_check_every < 1:
+    raise ConfigError(f"preemption_check_every={config.preemption_check_every}: "
+                      "expected >= 1")
   if config.keep_checkpoints < 1:
     raise ConfigError(f"keep_checkpoints={config.keep_checkpoints}: expected >= 1")
   recipe.one_of("mode", mode, ("finetune", "prune"))

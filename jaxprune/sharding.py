@@ -46,6 +46,7 @@ from jaxprune.errors import ConfigError
 __all__ = [
     "AXES",
     "RULES",
+    "batch_rows",
     "batch_sharding",
     "create_sharded_state",
     "global_batch",
@@ -145,7 +146,12 @@ def make_mesh(mesh_shape: Sequence[int] = (-1, 1), axis_names: Sequence[str] = A
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A mesh over all (or the given) devices; one ``-1`` entry takes what is left.
 
-  Axes are ``AxisType.Auto``: the compiler propagates shardings through the model.
+  Devices are laid out by JAX's topology-aware ``create_device_mesh`` (on a TPU slice the
+  ``model`` axis follows the fastest links, so the ``data`` axis visits hosts
+  interleaved, not in process order: `batch_rows` says which rows each host loads).
+  Devices from several slices (``slice_index``, multislice over DCN) split the ``data``
+  axis across slices first (``create_hybrid_device_mesh``). Axes are
+  ``AxisType.Auto``: the compiler propagates shardings through the model.
 
   Example: ``make_mesh((-1, 2))`` on 8 devices is a 4 (data) x 2 (model) mesh.
   """
@@ -163,8 +169,31 @@ def make_mesh(mesh_shape: Sequence[int] = (-1, 1), axis_names: Sequence[str] = A
   if math.prod(shape) != len(devices):
     raise ValueError(f"mesh_shape {tuple(shape)} needs {math.prod(shape)} devices, "
                      f"have {len(devices)}")
-  return jax.make_mesh(tuple(shape), tuple(axis_names),
-                       axis_types=(AxisType.Auto,) * len(shape), devices=devices)
+  axis_types = (AxisType.Auto,) * len(shape)
+  slices = len({getattr(d, "slice_index", 0) for d in devices})
+  if slices == 1:
+    try:
+      return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=axis_types,
+                           devices=devices)
+    except NotImplementedError:
+      # jax.make_mesh splits a physical torus axis only on v5e; a 2-wide model axis on a
+      # 4x4 v6e or a 4x4x4 v4 needs the split (its collectives then take a sub-ring).
+      pass
+  elif shape[0] % slices:
+    raise ValueError(f"mesh_shape {tuple(shape)}: the {axis_names[0]} axis must split "
+                     f"evenly over the {slices} slices")
+  from jax.experimental import mesh_utils
+  try:
+    if slices == 1:
+      grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    else:  # multislice: the data axis crosses slices (DCN), everything else stays within
+      grid = mesh_utils.create_hybrid_device_mesh(
+          (shape[0] // slices, *shape[1:]), (slices, *(1,) * (len(shape) - 1)), devices,
+          allow_split_physical_axes=True)
+  except NotImplementedError as e:
+    raise ValueError(f"mesh_shape {tuple(shape)} does not fit this slice's topology "
+                     f"({' '.join(str(e).split())[:200]})") from None
+  return Mesh(grid, tuple(axis_names), axis_types=axis_types)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -313,40 +342,59 @@ def create_sharded_state(params: Any, tx: optax.GradientTransformation, rng: jax
   return state, state_sh
 
 
-def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Global batch arrays from this process's rows (its contiguous slice of the batch).
+def batch_rows(mesh: Mesh, global_rows: int, process_index: int | None = None
+               ) -> np.ndarray:
+  """The rows of each global batch that a process's devices hold: the ones it loads.
 
-  Every process passes its own ``(b, ...)`` rows; the result is ``(b * processes, ...)``
-  split along ``data``. Raises if this process's devices do not hold one contiguous
-  block of rows in process order (then a per-process data slice would land elsewhere).
+  On a real TPU slice the ``data`` axis visits hosts in topology order (a v4-32 goes
+  ``0,1,2,3,0,1,...``), so a process holds several separate row blocks, not one
+  contiguous slice. The rows come from the batch sharding's ``devices_indices_map``
+  (deduplicated: devices along ``model`` hold the same rows; every row when the mesh's
+  ``data`` axis lies within one process), ascending, the order in which
+  ``jax.make_array_from_process_local_data`` lays a process's local rows onto its
+  devices. Loading ``batch[batch_rows(...)]`` on every process and passing it to
+  `global_batch` rebuilds exactly ``batch``, row order included, on any topology.
+
+  Args:
+    mesh: the device mesh (fake devices with ``process_index`` work too).
+    global_rows: the global batch size; must split evenly along ``data``.
+    process_index: which process; default ``jax.process_index()``.
+
+  Example: on 2 processes whose data axis alternates ``[0, 1, 0, 1]``,
+  ``batch_rows(mesh, 8, 0)`` is ``[0, 1, 4, 5]``.
+  """
+  process = jax.process_index() if process_index is None else process_index
+  return _batch_rows(mesh, int(global_rows), int(process))
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_rows(mesh: Mesh, global_rows: int, process: int) -> np.ndarray:
+  if global_rows % mesh.shape[AXES[0]]:
+    raise ValueError(f"a batch of {global_rows} rows does not split over the "
+                     f"{mesh.shape[AXES[0]]} devices of the data axis")
+  held = np.zeros(global_rows, bool)
+  for device, index in batch_sharding(mesh).devices_indices_map((global_rows,)).items():
+    if device.process_index == process:
+      held[index[0]] = True
+  rows = np.flatnonzero(held)
+  rows.setflags(write=False)
+  return rows
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Global batch arrays, split along ``data``, from this process's rows of them.
+
+  Every process passes the rows `batch_rows` names for it (``batch[batch_rows(mesh,
+  len(batch))]``), in that order; the result is the whole batch on the mesh, each row
+  once, wherever the topology puts the process's devices.
 
   Example: ``batch = global_batch(next(local_batches), mesh)``.
   """
   sharding = batch_sharding(mesh)
   out = {}
   for name, x in local_batch.items():
-    x = np.asarray(x)
-    global_shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
-    _check_process_rows(sharding, global_shape, x.shape[0])
-    out[name] = jax.make_array_from_process_local_data(sharding, x, global_shape)
+    out[name] = jax.make_array_from_process_local_data(sharding, np.asarray(x))
   return out
-
-
-@functools.lru_cache(maxsize=64)
-def _process_rows(sharding: NamedSharding, global_shape: tuple[int, ...]) -> tuple[int, int]:
-  rows = [idx[0].indices(global_shape[0])[:2]
-          for idx in sharding.addressable_devices_indices_map(global_shape).values()]
-  return min(r[0] for r in rows), max(r[1] for r in rows)
-
-
-def _check_process_rows(sharding: NamedSharding, global_shape: tuple[int, ...],
-                        local_rows: int) -> None:
-  start, stop = _process_rows(sharding, global_shape)
-  expected = (jax.process_index() * local_rows, (jax.process_index() + 1) * local_rows)
-  if (start, stop) != expected and jax.process_count() > 1:
-    raise ValueError(f"process {jax.process_index()} holds batch rows [{start}, {stop}) on "
-                     f"this mesh, not its data slice {list(expected)}: order the mesh "
-                     "devices by process")
 
 
 def jit_train_step(train_step: Callable, mesh: Mesh, state_shardings: Any,

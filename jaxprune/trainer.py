@@ -82,10 +82,10 @@ def load_teacher(name_or_workdir: str, num_labels: int, student_config: Any = No
   return teacher
 
 
-def _local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  n = len(batch["labels"]) // jax.process_count()
-  i = jax.process_index()
-  return {k: v[i * n:(i + 1) * n] for k, v in batch.items()}
+def _local_rows(batch: dict[str, np.ndarray], mesh) -> dict[str, np.ndarray]:
+  """The rows of a global batch that this process's devices hold (topology order)."""
+  rows = sharding.batch_rows(mesh, len(batch["labels"]))
+  return {k: v[rows] for k, v in batch.items()}
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, path: str | os.PathLike
@@ -107,7 +107,7 @@ def evaluate_model(eval_step, params, dev: dict[str, np.ndarray], task: str, bat
   """Official dev metrics of ``params`` (every dev example once, padding weighted out)."""
   acc = data.MetricAccumulator(task)
   for batch in data.eval_batches(dev, batch_size):
-    local = _local_rows(data.trim_padding(batch, trim_to))
+    local = _local_rows(data.trim_padding(batch, trim_to), mesh)
     logits = eval_step(params, sharding.global_batch(local, mesh))
     acc.add(np.asarray(jax.device_get(logits)), batch["labels"], batch["weight"])
   return acc.result()
@@ -211,13 +211,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   metric_name = spec.metrics[0]
   iterator = data.train_batches(
       train_data, section.batch_size, seed=config.seed,
-      state=data.IteratorState(**meta["data"]), process_index=jax.process_index(),
-      process_count=jax.process_count(), group_by_length=config.group_by_length,
-      trim_to=trim)
+      state=data.IteratorState(**meta["data"]),
+      rows=sharding.batch_rows(mesh, section.batch_size),
+      group_by_length=config.group_by_length, trim_to=trim)
   bar = tqdm.tqdm(total=total_steps, initial=start, disable=not (progress and lead),
                   desc=f"{mode} {spec.name}", unit="step", dynamic_ncols=True, mininterval=1.0)
-  sparsity, scores, t0 = float(meta.get("sparsity", 0.0)), None, time.time()
-  with checkpoint.PreemptionGuard() as guard:
+  # Step results stay on the device until a log, eval or checkpoint step: the host keeps
+  # queueing steps instead of waiting for each (see _Deferred).
+  deferred = _Deferred(writer, bar, section.log_every, total_steps, start, ckpt)
+  sparsity, scores = float(meta.get("sparsity", 0.0)), None
+  with checkpoint.PreemptionGuard(config.preemption_check_every) as guard:
     for step in range(start + 1, total_steps + 1):
       batch, it_state = next(iterator)
       # The host knows which steps are mask events: telling the step statically spares the
@@ -225,31 +228,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       event = run.sparsity.is_event(step) if prunes else None
       state, metrics = train_step(state, teacher_params, sharding.global_batch(batch, mesh),
                                   event)
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not math.isfinite(metrics["loss"]):
-        ckpt.close()
-        bar.close()
-        raise TrainingError(f"loss became {metrics['loss']} at step {step}; stopping. The last "
-                            f"good checkpoint (step {ckpt.steps()[-1] if ckpt.steps() else 0}) "
-                            f"is in {ckpt.directory}")
-      meta["data"], meta["sparsity"] = it_state._asdict(), metrics["sparsity"]
-      sparsity = metrics["sparsity"]
-      if event:
-        writer.write(step, report.layer_sparsity(state.opt_state, run.where), kind="prune_event")
-      if step % section.log_every == 0 or step == total_steps:
-        writer.write(step, {**metrics, "steps_per_s": (step - start) / (time.time() - t0)})
-      bar.update(1)
-      postfix = {"loss": f"{metrics['loss']:.4f}", "sparsity": f"{sparsity:.3f}"}
+      deferred.add(step, metrics, report.layer_counts(state.opt_state, run.where)
+                   if event else None)
+      meta["data"] = it_state._asdict()
       last = step == total_steps
-      if step % eval_every == 0 or last:
+      evaluating = step % eval_every == 0 or last
+      stop = guard.requested(step)  # a signal on any process: save and stop, together
+      saving = step % section.checkpoint_every == 0 or evaluating or last or stop
+      if step % section.log_every == 0 or saving:
+        sparsity = meta["sparsity"] = deferred.flush()["sparsity"]  # checks the losses
+      if evaluating:
         scores = evaluate(eval_step, state.params)
         writer.write(step, {**scores, "sparsity": sparsity}, kind="eval")
         _keep_if_best(meta, best_ckpt, state, step, scores, sparsity, metric_name,
                       eligible=not prunes or sparsity >= final_sparsity - 1e-6)
-        postfix[metric_name] = f"{scores[metric_name]:.4f}"
-      bar.set_postfix(**postfix)
-      stop = guard.requested()  # a preemption signal on any process: save and stop, together
-      if step % section.checkpoint_every == 0 or step % eval_every == 0 or last or stop:
+        bar.set_postfix(**deferred.postfix, **{metric_name: f"{scores[metric_name]:.4f}"})
+      if saving:  # every loss up to here was checked finite by flush()
         ckpt.save(step, state, {**meta, "config": json.loads(config.to_json_best_effort())})
         writer.flush()
       if stop and not last:
@@ -274,6 +268,61 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     mode, run.mode, mesh)
   writer.close()
   return summary
+
+
+class _Deferred:
+  """A run's per-step results, kept on the device and fetched together.
+
+  Fetching a step's metrics (``device_get``, ``float``) makes the host wait until the
+  device has finished that step, so it cannot queue the next one meanwhile: on a TPU that
+  idles the chips for the host's share of every step. The loop therefore hands each
+  step's metrics (and, at mask events, the masks' per-layer counts) to `add` without
+  looking at them, and calls `flush` every ``log_every`` steps and before every
+  checkpoint: one transfer for all of them, the NaN check over every loss since the
+  last flush, the metric rows of the logged steps and the progress bar.
+  """
+
+  def __init__(self, writer, bar, log_every: int, total_steps: int, start: int, ckpt):
+    self.writer, self.bar, self.ckpt = writer, bar, ckpt
+    self.log_every, self.total_steps, self.start = log_every, total_steps, start
+    self.t0 = time.time()
+    self.pending: list[tuple[int, Any, Any]] = []
+    self.postfix: dict[str, str] = {}
+
+  def add(self, step: int, metrics: Any, mask_counts: Any = None) -> None:
+    self.pending.append((step, metrics, mask_counts))
+
+  def flush(self) -> dict[str, float]:
+    """Fetches the pending results, writes their rows; returns the last step's metrics.
+
+    Raises:
+      TrainingError: a loss since the last flush is not finite (the last checkpoint was
+        saved before it, so it is good).
+    """
+    fetched = jax.device_get([(m, c[0] if c else None) for _, m, c in self.pending])
+    rows = []
+    for (step, _, counts), (metrics, nonzero) in zip(self.pending, fetched):
+      metrics = {k: float(v) for k, v in metrics.items()}
+      if not math.isfinite(metrics["loss"]):
+        self.ckpt.close()
+        self.bar.close()
+        steps = self.ckpt.steps()
+        raise TrainingError(f"loss became {metrics['loss']} at step {step}; stopping. The "
+                            f"last good checkpoint (step {steps[-1] if steps else 0}) is in "
+                            f"{self.ckpt.directory}")
+      if counts is not None:
+        self.writer.write(step, report.sparsity_by_layer(nonzero, counts[1]),
+                          kind="prune_event")
+      if step % self.log_every == 0 or step == self.total_steps:
+        rate = (step - self.start) / max(time.time() - self.t0, 1e-9)
+        self.writer.write(step, {**metrics, "steps_per_s": rate})
+      rows.append(metrics)
+    self.bar.update(len(self.pending))
+    self.pending = []
+    self.postfix = {"loss": f"{rows[-1]['loss']:.4f}",
+                    "sparsity": f"{rows[-1]['sparsity']:.3f}"}
+    self.bar.set_postfix(**self.postfix)
+    return rows[-1]
 
 
 def _keep_if_best(meta, best_ckpt, state, step: int, scores, sparsity: float,

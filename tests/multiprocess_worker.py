@@ -129,15 +129,21 @@ def result_arrays(metrics: list[dict[str, float]], params) -> dict[str, np.ndarr
   return out
 
 
-def run_sharded(mesh_shape: tuple[int, int]) -> tuple[dict[str, np.ndarray], dict]:
-  """The reference's steps through jaxprune.sharding; each process feeds its rows only."""
+def run_sharded(mesh_shape: tuple[int, int], interleave: bool = False
+                ) -> tuple[dict[str, np.ndarray], dict]:
+  """The reference's steps through jaxprune.sharding; each process feeds its rows only
+  (``interleave``: devices alternate processes, as on a TPU slice)."""
   import jax
   from jaxprune import optim, sharding, transforms
   from jaxprune.models import bert
 
   s = setup()
   # A mesh smaller than the device count uses the first devices.
-  mesh = sharding.make_mesh(mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
+  devices = jax.devices()
+  if interleave:
+    import interleaved_devices
+    devices = interleaved_devices.interleave(devices)
+  mesh = sharding.make_mesh(mesh_shape, devices=devices[:int(np.prod(mesh_shape))])
   student_sh = sharding.param_shardings(bert.logical_axes(s["student"]), mesh,
                                         s["student_params"])
   teacher_sh = sharding.param_shardings(bert.logical_axes(s["teacher"]), mesh,
@@ -146,11 +152,10 @@ def run_sharded(mesh_shape: tuple[int, int]) -> tuple[dict[str, np.ndarray], dic
                                                   jax.random.key(2), student_sh, mesh)
   teacher_params = sharding.put(s["teacher_params"], teacher_sh)
   step = sharding.jit_train_step(make_step(s), mesh, state_sh, teacher_sh)
-  rows = GLOBAL_BATCH // jax.process_count()
-  lo = jax.process_index() * rows
+  rows = sharding.batch_rows(mesh, GLOBAL_BATCH)
   metrics = []
   for batch in s["batches"]:
-    local = {k: v[lo:lo + rows] for k, v in batch.items()}
+    local = {k: v[rows] for k, v in batch.items()}
     state, m = step(state, teacher_params, sharding.global_batch(local, mesh))
     metrics.append({k: float(v) for k, v in m.items()})
 
@@ -171,6 +176,7 @@ def run_sharded(mesh_shape: tuple[int, int]) -> tuple[dict[str, np.ndarray], dic
       scheduled=[expected_sparsity(t + 1) for t in range(STEPS)],
       odd_vocab_spec=_odd_vocab_spec(mesh),
       compiles=step._cache_size(),
+      rows=rows.tolist(),
       process_count=jax.process_count())
   # Every process gets the whole params back to compare them.
   replicated = jax.jit(lambda p: p, out_shardings=sharding.replicated(mesh))(state.params)
@@ -194,6 +200,8 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--coordinator", default="")
   parser.add_argument("--num-processes", type=int, default=1)
   parser.add_argument("--process-id", type=int, default=0)
+  parser.add_argument("--interleave", action="store_true",
+                      help="list devices interleaved by process (tests/interleaved_devices.py)")
   args = parser.parse_args(argv)
 
   from jaxprune import sharding
@@ -203,7 +211,7 @@ def main(argv: list[str]) -> None:
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   for spec in args.meshes.split(","):
-    arrays, checks = run_sharded(tuple(int(x) for x in spec.split("x")))
+    arrays, checks = run_sharded(tuple(int(x) for x in spec.split("x")), args.interleave)
     name = f"mesh{spec}_p{jax.process_index()}"
     np.savez(out / f"{name}.npz", **arrays)
     (out / f"{name}.json").write_text(json.dumps(checks))

@@ -1,9 +1,11 @@
 """Two processes on 127.0.0.1 (two fake CPU devices each) train like one process.
 
 Each process runs tests/multiprocess_worker.py on a 2 (data) x 2 (model) mesh over the
-4 global devices: the data axis spans the processes (each feeds only its half of every
-batch, through ``jax.make_array_from_process_local_data``) and the model axis the two
-devices of a process. Both must end with the single-device run's losses and params.
+4 global devices: the data axis spans the processes (each feeds only its rows of every
+batch, ``sharding.batch_rows``, through ``jax.make_array_from_process_local_data``) and
+the model axis the two devices of a process. Both must end with the single-device run's
+losses and params. The devices come in process order, and interleaved by process as on
+a TPU slice (tests/interleaved_devices.py), where each process's rows are not one block.
 """
 
 import json
@@ -36,15 +38,24 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("order,mesh", [("process", MESH), ("interleaved", "4x1")])
+def test_two_processes_match_one_process(tmp_path, order, mesh):
+  """Devices in process order on a 2x2 mesh, and interleaved by process as on a TPU
+  slice on a 4x1 mesh: the data axis goes p0, p1, p0, p1, so process 0's rows of each
+  batch are two separate blocks."""
   coordinator = f"127.0.0.1:{free_port()}"
-  procs = [launch_worker(tmp_path, MESH, 2, "--coordinator", coordinator,
+  extra = ["--interleave"] if order == "interleaved" else []
+  procs = [launch_worker(tmp_path, mesh, 2, "--coordinator", coordinator, *extra,
                          "--num-processes", "2", "--process-id", str(i)) for i in range(2)]
   try:
     worker.reference()  # meanwhile, in this process
   finally:
     wait(procs, tmp_path)
-  results = [load(tmp_path, f"mesh{MESH}_p{i}") for i in range(2)]
+  results = [load(tmp_path, f"mesh{mesh}_p{i}") for i in range(2)]
+  half = worker.GLOBAL_BATCH // 2
+  expected_rows = ([[0, 1, 4, 5], [2, 3, 6, 7]] if order == "interleaved"
+                   else [list(range(half)), list(range(half, 2 * half))])
+  assert [checks["rows"] for _, checks in results] == expected_rows
   for arrays, checks in results:
     assert checks["process_count"] == 2
     assert_matches_reference(arrays)
@@ -54,9 +65,13 @@ def test_two_processes_match_one_process(tmp_path):
     np.testing.assert_array_equal(results[1][0][name], value, err_msg=name)
 
 
-def _start(args: list[str], devices: int, log: Path) -> subprocess.Popen:
+def _start(args: list[str], devices: int, log: Path, interleave: bool = False
+           ) -> subprocess.Popen:
+  """The CLI in a subprocess; ``interleave``: devices listed as on a TPU slice."""
+  main = ([str(ROOT / "tests" / "interleaved_devices.py")] if interleave
+          else ["-m", "jaxprune.main"])
   with open(log, "w") as out:
-    return subprocess.Popen([sys.executable, "-m", "jaxprune.main", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, *main, *args], cwd=ROOT,
                             env=cpu_env(devices), stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -80,11 +95,12 @@ BASE = ["--config=configs/tiny.py:steps=12,sparsity=0.8", "--config.trim_padding
         "--config.group_by_length=2"]
 
 
-def _two_processes(args: list[str], workdir: Path, logs: Path) -> list[subprocess.Popen]:
+def _two_processes(args: list[str], workdir: Path, logs: Path, interleave: bool = False
+                   ) -> list[subprocess.Popen]:
   coordinator = f"127.0.0.1:{free_port()}"
   return [_start([*args, f"--workdir={workdir}", f"--config.coordinator_address={coordinator}",
                   "--config.num_processes=2", f"--config.process_id={i}"], 2,
-                 logs / f"{workdir.name}_{i}.log") for i in range(2)]
+                 logs / f"{workdir.name}_{i}.log", interleave) for i in range(2)]
 
 
 def _train_rows(workdir: Path) -> list[dict]:
@@ -123,12 +139,14 @@ def assert_matches_one_process(a: dict, b: dict) -> None:
 def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_matches(
     one_process_prune_run, tmp_path):
   """The CLI's tiny prune job (padding trim and length grouping on) on 2 processes x 2
-  CPU devices on 127.0.0.1, with a preemption notice that reaches only process 1: both
-  save the same step, say so, exit with 75; the same command resumes and ends where the
-  1-process x 4-device run ended, with one metrics row per step."""
+  CPU devices on 127.0.0.1, devices interleaved by process as on a TPU slice (each
+  process loads two separate blocks of every batch), with a preemption notice that
+  reaches only process 1: both save the same step, say so, exit with 75; the same
+  command resumes and ends where the 1-process x 4-device run ended, with one metrics
+  row per step."""
   args, _, reference = one_process_prune_run
   workdir = tmp_path / "two"
-  procs = _two_processes(args, workdir, tmp_path)
+  procs = _two_processes(args, workdir, tmp_path, interleave=True)
   _wait_for_step(procs, workdir, random.Random(os.getpid()).randint(3, 8), tmp_path)
   procs[1].send_signal(signal.SIGTERM)
   for p in procs:
@@ -142,7 +160,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_matches(
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").open()]
   assert [r["step"] for r in rows if r["kind"] == "preempted"] == [step]
   assert (workdir / "checkpoints" / str(step)).is_dir()
-  wait(_two_processes(args, workdir, tmp_path), tmp_path)
+  wait(_two_processes(args, workdir, tmp_path, interleave=True), tmp_path)
   assert_matches_one_process(reference, _checkpoint(workdir, STEPS))
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["processes"] == 2 and summary["devices"] == 4

@@ -9,8 +9,10 @@ those arrays, so every batch has the same shapes and dtypes and jit compiles onc
 * ``labels``: ``(b,)`` int32 (float32 for regression);
 * ``weight``: ``(b,)`` float32, 1 for a real example and 0 for eval padding.
 
-``b`` is the per-process batch: with ``process_count`` hosts, each global batch is cut
-into ``process_count`` contiguous slices and process ``process_index`` gets its own.
+``b`` is the per-process batch: the ``rows`` of each global batch that this process's
+devices hold (``jaxprune.sharding.batch_rows``: on a TPU slice these are several separate
+blocks in topology order); by default, with ``process_count`` hosts, process
+``process_index`` gets the ``process_index``-th of ``process_count`` contiguous slices.
 
 Training order is a pure function of ``(seed, epoch)``: ``IteratorState(epoch,
 position)`` (two ints, JSON-serialisable) says where to resume, so a restored run sees
@@ -109,16 +111,25 @@ def _num_examples(data: Batch) -> int:
   return n.pop()
 
 
-def _local_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+def _local_positions(global_batch_size: int, process_index: int, process_count: int,
+                     rows: Any = None) -> np.ndarray:
+  """This process's positions within each global batch (``rows``, else its contiguous
+  slice)."""
   if global_batch_size < 1 or process_count < 1:
     raise ValueError(f"global_batch_size={global_batch_size} and "
                      f"process_count={process_count} must be positive")
+  if rows is not None:
+    rows = np.asarray(rows, np.int64)
+    if rows.ndim != 1 or not len(rows) or rows.min() < 0 or rows.max() >= global_batch_size:
+      raise ValueError(f"rows must be positions in [0, {global_batch_size}), got {rows}")
+    return rows
   if global_batch_size % process_count:
     raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
                      f"process_count={process_count}")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} not in [0, {process_count})")
-  return global_batch_size // process_count
+  local = global_batch_size // process_count
+  return np.arange(process_index * local, (process_index + 1) * local)
 
 
 def _take(data: Batch, rows: np.ndarray, weight: np.ndarray) -> Batch:
@@ -187,7 +198,7 @@ def length_grouped_order(order: np.ndarray, lengths: np.ndarray, global_batch_si
 def train_batches(data: Batch, global_batch_size: int, *, seed: int,
                   state: IteratorState | None = None, num_epochs: int | None = None,
                   shuffle: bool = True, process_index: int = 0, process_count: int = 1,
-                  group_by_length: int = 0, trim_to: int = 0
+                  group_by_length: int = 0, trim_to: int = 0, rows: Any = None
                   ) -> Iterator[tuple[Batch, IteratorState]]:
   """Yields ``(batch, state)`` training batches, ``state`` being where to resume after it.
 
@@ -208,8 +219,10 @@ def train_batches(data: Batch, global_batch_size: int, *, seed: int,
       windows of this many batches; needs ``attention_mask`` in ``data``).
     trim_to: if > 0, cut each batch's padding (`trim_padding`) to a length derived
       from the whole global batch, so that every process cuts its rows the same way.
+    rows: this process's positions within each global batch
+      (``jaxprune.sharding.batch_rows``); overrides ``process_index``/``process_count``.
   """
-  local = _local_size(global_batch_size, process_index, process_count)
+  positions = _local_positions(global_batch_size, process_index, process_count, rows)
   n = _num_examples(data)
   lengths = data["attention_mask"].sum(axis=1) if group_by_length else None
   steps = steps_per_epoch(n, global_batch_size)
@@ -219,17 +232,17 @@ def train_batches(data: Batch, global_batch_size: int, *, seed: int,
   epoch, first = int(state.epoch), int(state.position)
   if epoch < 0 or not 0 <= first < steps:
     raise ValueError(f"{state} does not fit {steps} batches per epoch")
-  weight = np.ones((local,), np.float32)
+  weight = np.ones((len(positions),), np.float32)
   while num_epochs is None or epoch < num_epochs:
     order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)
     if group_by_length:
       order = length_grouped_order(order, lengths, global_batch_size, group_by_length, seed,
                                    epoch)
     for position in range(first, steps):
-      start = position * global_batch_size + process_index * local
+      start = position * global_batch_size
       following = (IteratorState(epoch, position + 1) if position + 1 < steps
                    else IteratorState(epoch + 1, 0))
-      batch = _take(data, order[start:start + local], weight)
+      batch = _take(data, order[start + positions], weight)
       if trim_to:
         rows = order[position * global_batch_size:(position + 1) * global_batch_size]
         batch = trim_padding(batch, trim_to,
@@ -239,19 +252,19 @@ def train_batches(data: Batch, global_batch_size: int, *, seed: int,
 
 
 def eval_batches(data: Batch, global_batch_size: int, *, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[Batch]:
+                 process_count: int = 1, rows: Any = None) -> Iterator[Batch]:
   """Yields evaluation batches in order, covering every example exactly once.
 
   The last global batch is filled up with copies of example 0 whose ``weight`` is 0,
   so shapes stay static and metrics can drop the padding. Every process gets
-  ``num_eval_batches(n, global_batch_size)`` batches (some may be all padding).
+  ``num_eval_batches(n, global_batch_size)`` batches (some may be all padding); ``rows``
+  and ``process_index``/``process_count`` say which rows of each, as in `train_batches`.
   """
-  local = _local_size(global_batch_size, process_index, process_count)
+  positions = _local_positions(global_batch_size, process_index, process_count, rows)
   n = _num_examples(data)
   if n == 0:
     return
   for b in range(num_eval_batches(n, global_batch_size)):
-    start = b * global_batch_size + process_index * local
-    rows = np.arange(start, start + local)
-    real = rows < n
-    yield _take(data, np.where(real, rows, 0), real.astype(np.float32))
+    index = b * global_batch_size + positions
+    real = index < n
+    yield _take(data, np.where(real, index, 0), real.astype(np.float32))
