@@ -15,11 +15,14 @@ Example::
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import ml_collections
 
 from jaxprune.errors import ConfigError
 
-__all__ = ["ConfigError", "base_config", "demo_config", "student_recipe", "train_section",
+__all__ = ["ConfigError", "RESUMABLE_CHANGES", "base_config", "check_resume", "demo_config", "student_recipe", "train_section",
            "parse_arg", "validate"]
 
 
@@ -273,6 +276,64 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 # Allowed values of config.precision (the compute dtype of the models).
 PRECISIONS = ("float32", "bfloat16")
+
+
+# Fields a resumed run may change: how often it evaluates, saves and logs, where its
+# inputs live, and how it is spread over hosts and devices (checkpoints reshard). Every
+# other field shapes the training itself and must match the checkpoint's (README,
+# "Resuming"). Sections ending in "." match every field below them.
+RESUMABLE_CHANGES = (
+    "finetune.eval_every", "finetune.checkpoint_every", "finetune.log_every",
+    "train.eval_every", "train.checkpoint_every", "train.log_every",
+    "keep_checkpoints", "eval_batch_size", "glue_dir", "aug_dir", "mesh_shape",
+    "coordinator_address", "num_processes", "process_id", "heartbeat_timeout",
+    "preemption_check_every", "compilation_cache_dir",
+)
+# Sections that do not take part in a mode's training (a teacher's run ignores the
+# pruning and distillation settings of the config file it shares with its student).
+_UNUSED_IN_MODE = {
+    "finetune": ("train.", "prune.", "distill.", "student.", "teacher", "method",
+                 "augment_copies", "aug_dir"),
+    "prune": ("finetune.",),
+}
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flat(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def check_resume(saved: dict[str, Any] | None, config: ml_collections.ConfigDict,
+                 mode: str) -> None:
+  """Refuses to resume a checkpoint written under another training configuration.
+
+  ``saved`` is the config stored with the checkpoint (its JSON form). A field that
+  shapes training (sparsity, schedule, steps, lr, KD weights, task, model, ...) and
+  differs would make the resumed run a mix of two runs; `RESUMABLE_CHANGES` may differ.
+  Fields the checkpoint predates are not compared.
+
+  Raises:
+    ConfigError: one line naming the first differing field, its saved and its new value.
+
+  Example: ``check_resume(meta["config"], config, "prune")``.
+  """
+  if not saved:
+    return
+  now = _flat(json.loads(config.to_json_best_effort()))
+  ignored = RESUMABLE_CHANGES + _UNUSED_IN_MODE.get(mode, ())
+  for field, before in _flat(saved).items():
+    if field not in now or any(field == f or (f.endswith(".") and field.startswith(f))
+                               for f in ignored):
+      continue
+    if now[field] != before:
+      raise ConfigError(
+          f"this workdir's checkpoints were trained with {field}={before!r}, the command "
+          f"says {now[field]!r}: resume with the same settings, or use a new --workdir "
+          "(only eval, checkpoint and log cadence, paths and the mesh may change)")
 
 
 def validate(config: ml_collections.ConfigDict, mode: str) -> None:

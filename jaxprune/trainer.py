@@ -191,6 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   restored = ckpt.restore_latest(checkpoint.abstract(state))
   if restored is not None:
     state, meta = restored
+    config_lib.check_resume(meta.get("config"), config, mode)
     log.info("resumed %s at step %d", workdir, int(state.step))
   start = int(jax.device_get(state.step))
   writer = report.MetricWriter(workdir, enabled=lead)

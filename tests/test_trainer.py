@@ -186,6 +186,95 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(teacher_dir, tmp_path):
   assert all(s < bad_step for s in steps)
 
 
+def test_the_loop_waits_for_the_device_only_at_log_eval_and_checkpoint_steps(
+    teacher_dir, tmp_path, monkeypatch):
+  """The host queues steps without fetching anything between log, eval and checkpoint
+  steps: implicit device-to-host transfers (``float(x)``, ``np.asarray(x)``) are
+  disallowed for the whole run, and explicit ``jax.device_get`` calls are recorded
+  against the step just dispatched. Mask events are counted on the device too.
+  A loop that fetched its metrics (or the masks) at every step fails this test."""
+  config = tiny_config("steps=20,sparsity=0.5")
+  config.teacher = str(teacher_dir)
+  config.train.update(log_every=5, checkpoint_every=10, eval_every=20)
+  calls: list[int | str] = []
+  make_step = trainer.sharding.jit_train_step
+
+  def recorded_jit_train_step(*args, **kwargs):
+    step = make_step(*args, **kwargs)
+
+    def run(*a, **k):
+      calls.append(len([c for c in calls if c != "get"]) + 1)
+      return step(*a, **k)
+    return run
+
+  device_get = jax.device_get
+
+  def recorded_device_get(x):
+    calls.append("get")
+    return device_get(x)
+
+  monkeypatch.setattr(trainer.sharding, "jit_train_step", recorded_jit_train_step)
+  monkeypatch.setattr(jax, "device_get", recorded_device_get)
+  with jax.transfer_guard_device_to_host("disallow"):
+    trainer.train_and_evaluate(config, tmp_path / "s", "prune", progress=False)
+  fetched_after = {c for c, n in zip(calls, calls[1:]) if c != "get" and n == "get"}
+  assert fetched_after == {5, 10, 15, 20}, calls
+  rows = [json.loads(l) for l in (tmp_path / "s" / "metrics.jsonl").open()]
+  assert [r["step"] for r in rows if r["kind"] == "train"] == [5, 10, 15, 20]
+  events = trainer.recipe.build(config, "prune", 20).sparsity.event_steps
+  assert [r["step"] for r in rows if r["kind"] == "prune_event"] == list(events)
+
+
+@pytest.mark.parametrize("change,field", [
+    ("--config.prune.sparsity=0.5", "prune.sparsity=0.8"),
+    ("--config.train.lr=0.5", "train.lr=0.001"),
+    ("--config.distill.hidden_weight=0", "distill.hidden_weight=1.0"),
+])
+def test_resuming_under_another_training_config_is_refused(one_process_prune_run, tmp_path,
+                                                           change, field):
+  """A finished 4-device run's workdir, resumed with one training field changed: exit 2,
+  one line naming the field and its saved value, nothing written. Changing only the
+  eval/log cadence and the mesh resumes (here: re-evaluates the finished run)."""
+  import shutil
+  args, reference_workdir, _ = one_process_prune_run
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_workdir, workdir)
+  before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  out = _cli(*args, f"--workdir={workdir}", change, env=cpu_env(4))
+  assert out.returncode == 2, out.stderr[-2000:]
+  line = out.stderr.strip().splitlines()[-1]
+  assert line.startswith("jaxprune: error: this workdir's checkpoints were trained with "
+                         f"{field},"), line
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+  if change.startswith("--config.prune"):
+    ok = _cli(*args, f"--workdir={workdir}", "--config.train.eval_every=3",
+              "--config.train.log_every=4", "--config.mesh_shape=(2,2)", env=cpu_env(4))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+
+
+def test_preemption_is_agreed_every_check_every_steps(monkeypatch):
+  """With several processes the signal flag is all-gathered only on multiples of
+  ``check_every`` (a collective per step would sync the host); with one, never."""
+  from jax.experimental import multihost_utils
+  gathered = []
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda x: gathered.append(int(x)) or np.array([x, 0]))
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
+                      lambda step: False)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  with checkpoint.PreemptionGuard(check_every=4) as guard:
+    answers = [guard.requested(step) for step in range(1, 6)]
+    os.kill(os.getpid(), signal.SIGTERM)
+    answers += [guard.requested(step) for step in range(6, 10)]
+  assert answers == [False] * 7 + [True, False]  # agreed at step 8, the next multiple
+  assert gathered == [0, 1]
+  monkeypatch.setattr(jax, "process_count", lambda: 1)
+  with checkpoint.PreemptionGuard(check_every=4) as guard:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert guard.requested(1)
+  assert gathered == [0, 1]
+
+
 def test_corrupted_latest_checkpoint_falls_back(tmp_path, caplog):
   ckpt = checkpoint.Checkpointer(tmp_path, keep=3, async_save=False)
   state = {"w": np.arange(6.0).reshape(2, 3), "m": np.ones((2, 3), bool)}
