@@ -114,6 +114,27 @@ class PreemptionGuard:
 log = logging.getLogger(__name__)
 
 
+def _agreed(steps: list[int]) -> list[int]:
+  """Process 0's list of steps, on every process (one listing decides for all)."""
+  if jax.process_count() == 1:
+    return steps
+  from jax.experimental import multihost_utils
+  count = int(multihost_utils.broadcast_one_to_all(np.int32(len(steps))))
+  if not count:
+    return []
+  padded = np.full(count, -1, np.int32)
+  padded[:min(count, len(steps))] = steps[:count]
+  return [int(s) for s in multihost_utils.broadcast_one_to_all(padded)]
+
+
+def _all_processes(flag: bool) -> list[bool]:
+  """``flag`` of every process, in process order (a collective when there are several)."""
+  if jax.process_count() == 1:
+    return [flag]
+  from jax.experimental import multihost_utils
+  return [bool(f) for f in np.asarray(multihost_utils.process_allgather(np.int32(flag)))]
+
+
 def abstract(tree: Any) -> Any:
   """``ShapeDtypeStruct``s (with shardings) of a state, the target of a restore."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
@@ -159,28 +180,49 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
 
   def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
-    """Restores ``step`` into the structure, dtypes and shardings of ``target``."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    """Restores ``step`` into the structure, dtypes and shardings of ``target``.
+
+    Reads through orbax's handlers, without the barrier that ``CheckpointManager.restore``
+    ends with: a process whose read fails would leave the others waiting in it, so
+    `restore_latest` agrees on success with its own collective instead.
+    """
+    path = self.directory / str(step)
+    if step not in self._manager.all_steps():  # lists complete (finalized) steps only
+      raise FileNotFoundError(f"{path}: no complete checkpoint")
+    handler = ocp.CompositeCheckpointHandler(state=ocp.StandardCheckpointHandler(),
+                                             meta=ocp.JsonCheckpointHandler())
+    try:
+      restored = handler.restore(path, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    finally:
+      handler.close()
     return restored.state, restored.meta
 
   def restore_latest(self, target: Any) -> tuple[Any, dict[str, Any]] | None:
-    """The newest readable checkpoint, or None when there is none.
+    """The newest checkpoint that every process can read, or None when there is none.
 
-    A checkpoint that fails to restore (truncated or corrupted files) is skipped with a
-    warning and the previous one is tried. When there are checkpoints but none can be
-    restored (all corrupted, or saved by a run with another model or optimizer), it
-    raises ``CheckpointError`` rather than start afresh over them.
+    A checkpoint that fails to restore (truncated or corrupted files, or a transient
+    read error) is skipped with a warning and the previous one is tried. With several
+    processes the decision is taken together: they try the steps process 0 lists, and
+    move on from a step unless all of them read it, so they never resume from different
+    steps. When there are checkpoints but none can be restored (all corrupted, or saved
+    by a run with another model or optimizer), it raises ``CheckpointError`` rather
+    than start afresh over them.
     """
     first_error = None
-    for step in reversed(self.steps()):
+    for step in reversed(_agreed(self.steps())):
       try:
-        return self.restore(step, target)
+        restored, error = self.restore(step, target), None
       except Exception as e:  # orbax raises many types for unreadable files
-        reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
-        first_error = first_error or (step, reason)
-        log.warning("checkpoint %s/%d is unreadable (%s); trying the previous one",
-                    self.directory, step, reason)
+        restored, error = None, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+      failed = _all_processes(error is not None)
+      if not any(failed):
+        return restored
+      first_error = first_error or (step, error or "unreadable on another process")
+      where = ("" if jax.process_count() == 1 else
+               f" on process(es) {[i for i, f in enumerate(failed) if f]}")
+      log.warning("checkpoint %s/%d is unreadable%s (%s); trying the previous one",
+                  self.directory, step, where, error or "readable here")
     if first_error is not None:
       raise CheckpointError(
           f"no checkpoint in {self.directory} can be restored into this run (step "

@@ -185,6 +185,11 @@ def base_config() -> ml_collections.ConfigDict:
   # steps: the agreement is a collective, and one per step would make every host wait
   # for its device. A signal is acted on up to this many steps late (1: every step).
   config.preemption_check_every = 10
+  # JAX's persistent compilation cache, so that a run resumed after a preemption (or the
+  # next run of the same shapes) loads its compiled steps instead of compiling again:
+  # "auto" = $JAX_COMPILATION_CACHE_DIR if set, else <workdir>/xla_cache (gs:// works);
+  # a path (local or gs://); or "" for none.
+  config.compilation_cache_dir = "auto"
   return config
 
 

@@ -65,11 +65,12 @@ def test_two_processes_match_one_process(tmp_path, order, mesh):
     np.testing.assert_array_equal(results[1][0][name], value, err_msg=name)
 
 
-def _start(args: list[str], devices: int, log: Path, interleave: bool = False
-           ) -> subprocess.Popen:
-  """The CLI in a subprocess; ``interleave``: devices listed as on a TPU slice."""
-  main = ([str(ROOT / "tests" / "interleaved_devices.py")] if interleave
-          else ["-m", "jaxprune.main"])
+def _start(args: list[str], devices: int, log: Path, interleave: bool = False,
+           main: list[str] | None = None) -> subprocess.Popen:
+  """The CLI in a subprocess; ``interleave``: devices listed as on a TPU slice; ``main``:
+  another entry point (a test wrapper of the CLI)."""
+  main = main or ([str(ROOT / "tests" / "interleaved_devices.py")] if interleave
+                  else ["-m", "jaxprune.main"])
   with open(log, "w") as out:
     return subprocess.Popen([sys.executable, *main, *args], cwd=ROOT,
                             env=cpu_env(devices), stdout=out, stderr=subprocess.STDOUT)
@@ -193,3 +194,30 @@ def test_killing_one_process_ends_the_other_with_one_line(tmp_path, glue_dir, mi
   assert len(errors) == 1 and errors[0] == lines[-1][lines[-1].index("jaxprune:"):], lines[-5:]
   assert errors[0].startswith("jaxprune: error: process 0: lost another process of the run")
   assert "re-run the same command" in errors[0]
+
+
+@pytest.mark.slow
+def test_processes_resume_together_from_the_newest_step_all_of_them_read(
+    one_process_prune_run, tmp_path):
+  """The 1 x 4-device run's finished workdir, resumed on 2 processes x 2 devices where
+  process 1 cannot read the newest checkpoint (step 12): both restore step 10, train
+  steps 11-12 again and end where the 1-process run ended. Deciding per process would
+  have process 0 finish from step 12 while process 1 trains alone (a hang)."""
+  import shutil
+  args, reference_workdir, reference = one_process_prune_run
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_workdir, workdir)
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())[-2:] == [10, 12]
+  coordinator = f"127.0.0.1:{free_port()}"
+  procs = [_start([*args, f"--workdir={workdir}", f"--config.coordinator_address={coordinator}",
+                   "--config.num_processes=2", f"--config.process_id={i}"], 2,
+                  tmp_path / f"run_{i}.log",
+                  main=[str(ROOT / "tests" / "unreadable_checkpoint.py"), "12"] if i else None)
+           for i in range(2)]
+  wait(procs, tmp_path)
+  logs = [(tmp_path / f"run_{i}.log").read_text() for i in range(2)]
+  for log in logs:
+    assert "checkpoints/12 is unreadable on process(es) [1]" in log, log[-3000:]
+  train = [r["step"] for r in _train_rows(workdir)]
+  assert train == list(range(1, STEPS + 1)) + [11, 12], train
+  assert_matches_one_process(reference, _checkpoint(workdir, STEPS))

@@ -252,6 +252,22 @@ def test_resuming_under_another_training_config_is_refused(one_process_prune_run
     assert ok.returncode == 0, ok.stderr[-2000:]
 
 
+def test_the_second_run_compiles_its_train_step_from_the_persistent_cache(tmp_path):
+  """config.compilation_cache_dir: the first run writes the compiled train step there;
+  a second run of the same shapes (a resumed preempted run is one) loads it (a miss
+  would write a second entry)."""
+  cache = tmp_path / "xla_cache"
+  entries = []
+  for run in ("first", "second"):
+    out = _cli("--mode=finetune", "--config=configs/tiny.py:steps=2",
+               f"--workdir={tmp_path / run}", f"--config.compilation_cache_dir={cache}",
+               env=cpu_env(1))
+    assert out.returncode == 0, out.stderr[-2000:]
+    entries.append(sorted(p.name for p in cache.iterdir()))
+  assert any(name.startswith("jit_train_step") for name in entries[0]), entries[0]
+  assert entries[1] == entries[0]
+
+
 def test_preemption_is_agreed_every_check_every_steps(monkeypatch):
   """With several processes the signal flag is all-gathered only on multiples of
   ``check_every`` (a collective per step would sync the host); with one, never."""
