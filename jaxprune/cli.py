@@ -33,11 +33,19 @@ def _need(value, what: str):
 
 def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str | None, *,
         export_format: str = "hf", out: str | None = None) -> str | None:
-  """Runs one CLI mode; returns text to print (or None)."""
+  """Runs one CLI mode; returns text to print (or None).
+
+  Every mode joins the multi-process run first (``config.coordinator_address``; once),
+  so that on a pod each worker knows its place: the training modes share the work,
+  and in ``augment`` and ``export`` process 0 alone writes while the others wait.
+  """
+  from jaxprune import sharding
   from jaxprune import trainer
 
   if config is None:
     config = config_lib.demo_config() if mode == "demo" else config_lib.base_config()
+  sharding.initialize_distributed(config.coordinator_address, config.num_processes,
+                                  config.process_id, heartbeat_timeout=config.heartbeat_timeout)
   workdir = workdir or DEFAULT_WORKDIR.get(mode)
   if workdir and paths.exists(workdir) and not paths.is_dir(workdir):
     raise config_lib.ConfigError(f"workdir {workdir} is a file (expected a folder)")
@@ -51,16 +59,30 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str | None
     return json.dumps({"task": config.task, "dev": scores}, indent=2)
   if mode == "augment":
     from jaxprune import data
-    result = data.augment_task(data.glue_dir(config), config.task,
-                               _need(workdir, "workdir"), model=config.model.removeprefix("random:"),
-                               seed=config.seed)
-    return (f"wrote {result.num_rows} rows from {result.num_examples} examples to "
-            f"{result.path} in {result.seconds:.0f} s; train on it with "
-            f"--config.train_split=train_aug --config.aug_dir={workdir}")
+    _need(workdir, "workdir")
+    result = _on_first_process("augment", lambda: data.augment_task(
+        data.glue_dir(config), config.task, workdir,
+        model=config.model.removeprefix("random:"), seed=config.seed))
+    return result and (f"wrote {result.num_rows} rows from {result.num_examples} examples "
+                       f"to {result.path} in {result.seconds:.0f} s; train on it with "
+                       f"--config.train_split=train_aug --config.aug_dir={workdir}")
   if mode == "export":
-    return export(_need(workdir, "workdir"), export_format, out)
+    _need(workdir, "workdir")
+    return _on_first_process("export", lambda: export(workdir, export_format, out))
   raise config_lib.ConfigError(f"mode {mode!r}: expected one of demo, finetune, prune, eval, "
                                "augment, export")
+
+
+def _on_first_process(name: str, work):
+  """``work()`` on process 0 only (one writer per file); the others wait for it and get
+  None. Host-only work: sharing it would not make it faster on a pod's few hosts."""
+  import jax
+  if jax.process_count() == 1:
+    return work()
+  from jax.experimental import multihost_utils
+  result = work() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices(f"jaxprune {name} done")
+  return result
 
 
 def export(workdir: str, export_format: str, out: str | None) -> str:
@@ -98,15 +120,17 @@ def _check_inputs(config: ml_collections.ConfigDict) -> tuple[Path, Path]:
   return glue, model
 
 
-def demo(config: ml_collections.ConfigDict, workdir) -> str:
+def demo(config: ml_collections.ConfigDict, workdir) -> str | None:
   """Fine-tunes a teacher, prunes+distills a student, and compares them on GLUE dev."""
   from jaxprune import trainer
 
+  import jax
   glue, model = _check_inputs(config)
-  print(f"data:  {config.task} from {glue.resolve() if config.data_source == 'tsv' else 'TFDS'}"
+  say = print if jax.process_index() == 0 else (lambda *a, **k: None)
+  say(f"data:  {config.task} from {glue.resolve() if config.data_source == 'tsv' else 'TFDS'}"
         f" (train subsample {config.train_subsample or 'all'}, max_seq_len {config.max_seq_len})")
-  print(f"model: {config.model} ({model})")
-  print(f"runs:  {workdir}/teacher, {workdir}/student\n")
+  say(f"model: {config.model} ({model})")
+  say(f"runs:  {workdir}/teacher, {workdir}/student\n")
   t0 = time.time()
   teacher = trainer.train_and_evaluate(config, workdir / "teacher", "finetune")
   t1 = time.time()
@@ -114,6 +138,8 @@ def demo(config: ml_collections.ConfigDict, workdir) -> str:
     config.teacher = str(workdir / "teacher")
   student = trainer.train_and_evaluate(config, workdir / "student", "prune")
   t2 = time.time()
+  if jax.process_index() != 0:  # the export sizes in the table come from process 0's export
+    return None
   return summary_table(teacher, student, t1 - t0, t2 - t1, workdir)
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "place_run",
     "put",
     "replicated",
+    "to_host",
 ]
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,13 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 1
   the first are then prefixed with ``[process i]``. A process that stops sending
   heartbeats for ``heartbeat_timeout`` seconds (it hangs, or died without breaking a
   connection) makes JAX end the others. Must run before anything else touches jax
-  devices. Returns whether it initialized.
+  devices. Calling it again (the demo trains twice; a library user may have joined
+  already) does nothing. Returns whether the process is in a multi-process run.
 
   Example: ``initialize_distributed("127.0.0.1:12345", num_processes=2, process_id=0)``.
   """
+  if jax.distributed.is_initialized():
+    return True
   if not coordinator_address:
     if num_processes != 1:
       raise ValueError(f"num_processes={num_processes} needs a coordinator_address")
@@ -140,6 +144,25 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 1
   log.info("process %d of %d, %d local / %d global devices", jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+def to_host(tree: Any) -> Any:
+  """Numpy copies of a tree of (global) arrays, whole, on every process.
+
+  ``jax.device_get`` fails on an array split over devices of several processes (params
+  and masks when the ``model`` axis spans hosts); those are all-gathered instead, so
+  every process must call this at the same point. Everything else is fetched locally.
+
+  Example: ``params = to_host(state.params)`` before exporting on process 0.
+  """
+  def one(x):
+    if (isinstance(x, jax.Array) and not x.is_fully_addressable
+        and not x.is_fully_replicated):
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+  return jax.tree.map(one, tree)
 
 
 def make_mesh(mesh_shape: Sequence[int] = (-1, 1), axis_names: Sequence[str] = AXES,

@@ -366,7 +366,7 @@ def _finish(workdir, config, model_config, state, best_ckpt, meta, last_scores,
   if best is not None and best["step"] != steps:
     params = best_ckpt.restore(best["step"], {"params": checkpoint.abstract(state.params)})[0][
         "params"]
-  params = distill.split_params(jax.device_get(params))[0]  # W_h is not part of the model
+  params = distill.split_params(sharding.to_host(params))[0]  # W_h is not part of the model
   selected = best or {"step": steps, "scores": last_scores}
   summary: dict[str, Any] = {
       "task": config.task, "mode": mode, "method": step_mode, "steps": steps,

@@ -55,7 +55,6 @@ import importlib
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,6 +63,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxprune import paths
 from jaxprune.data.readers import read_table
 from jaxprune.data.tasks import DataError
 from jaxprune.data.tasks import TaskSpec
@@ -408,21 +408,16 @@ def augment_text(text: str, words: Sequence[Replaceable], copies: int, prob: flo
   return variants
 
 
-def _write_tsv(path: Path, header: Sequence[str] | None, rows) -> int:
-  path.parent.mkdir(parents=True, exist_ok=True)
+def _write_tsv(path: Any, header: Sequence[str] | None, rows) -> int:
+  """Writes the rows whole or not at all (locally or to gs://: `paths.staged_file`)."""
   n = 0
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+  with paths.staged_file(path) as tmp:
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
       if header is not None:
         f.write("\t".join(header) + "\n")
       for row in rows:
         f.write("\t".join(row) + "\n")
         n += 1
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
   return n
 
 
@@ -480,7 +475,7 @@ def augment_task(glue_dir: str | os.PathLike, task: str | TaskSpec,
         for variant in augment_text(row[c], words[index[row[c]]], copies, prob, rng):
           yield row[:c] + [variant] + row[c + 1:]
 
-  path = Path(out_dir) / spec.filename("train_aug")
+  path = paths.path(out_dir) / spec.filename("train_aug")
   n = _write_tsv(path, table.columns if table.has_header else None, augmented_rows())
   return AugmentResult(path, len(rows), n, time.perf_counter() - began)
 

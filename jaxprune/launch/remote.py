@@ -85,9 +85,17 @@ def stop_script(grace_s: int = STOP_GRACE_S) -> str:
 def job_args(flags: Sequence[str]) -> list[str]:
   """The job's jaxprune flags, with ``--config.coordinator_address=auto`` added.
 
+  A job without ``--config`` gets the config the CLI would use (configs/demo.py for the
+  demo, else configs/base.py), so that the override has a config to apply to: every
+  mode joins the pod's run (``--mode=export`` and ``augment`` too, to have one writer).
+
   Example: ``job_args(["--mode=prune"])[-1] == "--config.coordinator_address=auto"``.
   """
   flags = list(flags)
+  if not any(f == "--config" or f.startswith("--config=") for f in flags):
+    modes = [f.split("=", 1)[1] for f in flags if f.startswith("--mode=")]
+    demo = (modes or ["demo"])[-1] == "demo"
+    flags.append(f"--config=configs/{'demo' if demo else 'base'}.py")
   if not any(f.startswith("--config.coordinator_address") for f in flags):
     flags.append("--config.coordinator_address=auto")
   return flags
