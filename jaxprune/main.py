@@ -11,6 +11,7 @@ Intentionally short; the work is done by importable modules.
   jaxprune --mode=export --workdir=runs/rte-sparse --format=sparse
 """
 
+import os
 import re
 import sys
 
@@ -68,7 +69,7 @@ def main(argv: list[str]) -> None:
                       out=_OUT.value)
   except (UserError, FileNotFoundError) as e:  # one line, exit code 2, no traceback
     print(f"jaxprune: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit(2)
   except TrainingError as e:
     print(f"jaxprune: stopped: {e}", file=sys.stderr)
     sys.exit(3)
@@ -86,6 +87,19 @@ def main(argv: list[str]) -> None:
     jax.distributed.shutdown()  # every process leaves together
   if summary is not None and (jax is None or jax.process_index() == 0):
     print(summary)
+
+
+def _exit(code: int) -> None:
+  """Exits; in a multi-process run at once, without JAX's shutdown barrier: a process
+  that stops on an error the others did not meet (a file only it read) would wait there
+  for them, and they for it in their next collective, until the heartbeat timeout.
+  Leaving breaks its connections, so the others end at once (PEER_LOST_EXIT_CODE)."""
+  jax = sys.modules.get("jax")
+  if jax is not None and jax.distributed.is_initialized():
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(code)
+  sys.exit(code)
 
 
 def run() -> None:

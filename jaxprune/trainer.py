@@ -381,5 +381,8 @@ def _finish(workdir, config, model_config, state, best_ckpt, meta, last_scores,
     report.publish_run(workdir, summary, params, model_config,
                        tokenizer_from=config.model.removeprefix("random:"),
                        title=f"{config.task} {step_mode}")
+  if jax.process_count() > 1:  # nobody reads hf/ (the demo's student) before it is there
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("jaxprune run published")
   return summary
 

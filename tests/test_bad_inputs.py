@@ -91,6 +91,11 @@ def _checkpoint_mismatch(tmp):
   return ["--config.finetune.num_steps=2", "--config.model_overrides.hidden_size=48"]
 
 
+def _resume_changed(tmp):
+  _checkpoint_mismatch(tmp)
+  return ["--config.finetune.num_steps=2", "--config.finetune.lr=0.5"]
+
+
 def _workdir_file(tmp):
   (tmp / "run").write_text("not a folder")
   return []
@@ -116,6 +121,7 @@ SETUPS = {
     "teacher_unfinished": _teacher_unfinished,
     "model_corrupt": _model_corrupt,
     "checkpoint": _checkpoint_mismatch,
+    "resume_changed": _resume_changed,
     "workdir_file": _workdir_file,
     "export_empty": _empty_workdir,
     "eval_unfinished": _unfinished_run,

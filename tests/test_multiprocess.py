@@ -172,13 +172,17 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_matches(
 
 
 @pytest.mark.slow
-def test_killing_one_process_ends_the_other_with_one_line(tmp_path, glue_dir, minilm_dir):
-  """SIGKILL on process 1 mid-run: process 0 does not hang in the next collective; it
-  exits within seconds with PEER_LOST_EXIT_CODE and one ``jaxprune: error:`` line."""
+def test_killing_one_process_ends_the_other_with_one_line_and_the_rerun_matches(
+    one_process_prune_run, tmp_path):
+  """SIGKILL on process 1 of the tiny prune job mid-run: process 0 does not hang in the
+  next collective; it exits within seconds with PEER_LOST_EXIT_CODE and one
+  ``jaxprune: error:`` line. The same command on both then resumes from the last
+  checkpoint and ends where the 1-process x 4-device run ended."""
   from jaxprune.sharding import PEER_LOST_EXIT_CODE
+  args, _, reference = one_process_prune_run
   workdir = tmp_path / "run"
-  procs = _two_processes(["--mode=finetune", "--config=configs/tiny.py:steps=400",
-                          "--config.heartbeat_timeout=10"], workdir, tmp_path)
+  args = [*args, "--config.heartbeat_timeout=10"]
+  procs = _two_processes(args, workdir, tmp_path)
   _wait_for_step(procs, workdir, 2, tmp_path)
   procs[1].kill()
   start = time.time()
@@ -194,6 +198,8 @@ def test_killing_one_process_ends_the_other_with_one_line(tmp_path, glue_dir, mi
   assert len(errors) == 1 and errors[0] == lines[-1][lines[-1].index("jaxprune:"):], lines[-5:]
   assert errors[0].startswith("jaxprune: error: process 0: lost another process of the run")
   assert "re-run the same command" in errors[0]
+  wait(_two_processes(args, workdir, tmp_path), tmp_path)
+  assert_matches_one_process(reference, _checkpoint(workdir, STEPS))
 
 
 @pytest.mark.slow

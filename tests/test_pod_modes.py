@@ -69,9 +69,9 @@ def teacher(one_process_prune_run, pod) -> str:
 @pytest.mark.slow
 def test_finetune_on_the_pod(pod, tmp_path):
   env, bucket = pod
-  _run(env, tmp_path, "--mode=finetune", "--config=configs/tiny.py:steps=4",
+  _run(env, tmp_path, "--mode=finetune", "--config=configs/tiny.py:steps=2",
        f"--workdir={bucket}/ft")
-  assert _summary(f"{bucket}/ft")["steps"] == 4
+  assert _summary(f"{bucket}/ft")["steps"] == 2
 
 
 @pytest.mark.slow
@@ -125,7 +125,7 @@ def test_augment_on_the_pod(pod, tmp_path):
 @pytest.mark.slow
 def test_demo_on_the_pod(pod, tmp_path):
   env, bucket = pod
-  out = _run(env, tmp_path, "--mode=demo", "--config=configs/tiny.py:steps=4",
+  out = _run(env, tmp_path, "--mode=demo", "--config=configs/tiny.py:steps=2",
              f"--workdir={bucket}/demo")
   assert "gap teacher - student" in out and out.count("data:  MRPC") == 1
   for run in ("teacher", "student"):

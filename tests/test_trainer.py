@@ -225,31 +225,51 @@ def test_the_loop_waits_for_the_device_only_at_log_eval_and_checkpoint_steps(
   assert [r["step"] for r in rows if r["kind"] == "prune_event"] == list(events)
 
 
-@pytest.mark.parametrize("change,field", [
-    ("--config.prune.sparsity=0.5", "prune.sparsity=0.8"),
-    ("--config.train.lr=0.5", "train.lr=0.001"),
-    ("--config.distill.hidden_weight=0", "distill.hidden_weight=1.0"),
-])
-def test_resuming_under_another_training_config_is_refused(one_process_prune_run, tmp_path,
-                                                           change, field):
-  """A finished 4-device run's workdir, resumed with one training field changed: exit 2,
-  one line naming the field and its saved value, nothing written. Changing only the
-  eval/log cadence and the mesh resumes (here: re-evaluates the finished run)."""
+@pytest.mark.parametrize("field,value", [
+    ("prune.sparsity", 0.95), ("prune.schedule", "constant"), ("train.num_steps", 13),
+    ("train.lr", 0.5), ("distill.hidden_weight", 0.0), ("task", "RTE"),
+    ("model", "minilm-l6"), ("seed", 1), ("max_seq_len", 64)])
+def test_check_resume_names_the_first_training_field_that_changed(field, value):
+  saved = json.loads(tiny_config().to_json_best_effort())
+  config = tiny_config()
+  section, _, name = field.rpartition(".")
+  (config[section] if section else config)[name] = value
+  with pytest.raises(config_lib.ConfigError, match=rf"trained with {re.escape(field)}="):
+    config_lib.check_resume(saved, config, "prune")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("train.eval_every", 3), ("train.log_every", 5), ("train.checkpoint_every", 7),
+    ("mesh_shape", (2, 2)), ("keep_checkpoints", 5), ("glue_dir", "/elsewhere"),
+    ("preemption_check_every", 1), ("finetune.lr", 0.5), ("coordinator_address", "auto")])
+def test_check_resume_lets_cadence_paths_and_placement_change(field, value):
+  """What may change (config.RESUMABLE_CHANGES), and the teacher's section in a student's
+  run."""
+  saved = json.loads(tiny_config().to_json_best_effort())
+  config = tiny_config()
+  section, _, name = field.rpartition(".")
+  (config[section] if section else config)[name] = value
+  config_lib.check_resume(saved, config, "prune")
+
+
+def test_resuming_under_another_training_config_is_refused(one_process_prune_run, tmp_path):
+  """A finished 4-device run's workdir resumed with another sparsity: exit 2, one line
+  naming the field and its saved value, nothing written. With only the eval and log
+  cadence and the mesh changed, it resumes (re-evaluates the finished run)."""
   import shutil
   args, reference_workdir, _ = one_process_prune_run
   workdir = tmp_path / "run"
   shutil.copytree(reference_workdir, workdir)
   before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
-  out = _cli(*args, f"--workdir={workdir}", change, env=cpu_env(4))
+  out = _cli(*args, f"--workdir={workdir}", "--config.prune.sparsity=0.5", env=cpu_env(4))
   assert out.returncode == 2, out.stderr[-2000:]
   line = out.stderr.strip().splitlines()[-1]
   assert line.startswith("jaxprune: error: this workdir's checkpoints were trained with "
-                         f"{field},"), line
+                         "prune.sparsity=0.8, the command says 0.5"), line
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
-  if change.startswith("--config.prune"):
-    ok = _cli(*args, f"--workdir={workdir}", "--config.train.eval_every=3",
-              "--config.train.log_every=4", "--config.mesh_shape=(2,2)", env=cpu_env(4))
-    assert ok.returncode == 0, ok.stderr[-2000:]
+  ok = _cli(*args, f"--workdir={workdir}", "--config.train.eval_every=3",
+            "--config.train.log_every=4", "--config.mesh_shape=(2,2)", env=cpu_env(4))
+  assert ok.returncode == 0, ok.stderr[-2000:]
 
 
 def test_the_second_run_compiles_its_train_step_from_the_persistent_cache(tmp_path):
