@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -43,6 +44,24 @@ def _plain(value: Any) -> Any:
   return value
 
 
+def _tensorboard_writer(logdir: Path):
+  """tensorboardX's ``SummaryWriter``, imported without torch when torch is not loaded.
+
+  tensorboardX imports torch whenever it is installed, only to accept torch tensors;
+  the writer here gets Python floats. Hiding torch during that import spares every run
+  about 1.5 s of start-up; torch itself stays importable afterwards.
+  """
+  hide = "torch" not in sys.modules and "tensorboardX" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if hide and sys.modules.get("torch", 0) is None:
+      del sys.modules["torch"]
+  return SummaryWriter(str(logdir))
+
+
 class MetricWriter:
   """Appends metrics to ``metrics.jsonl`` (one process writes) and TensorBoard.
 
@@ -64,8 +83,7 @@ class MetricWriter:
     if enabled:
       self.path.parent.mkdir(parents=True, exist_ok=True)
       try:
-        from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(str(local / "tb"))
+        self._tb = _tensorboard_writer(local / "tb")
       except ImportError:
         pass
 

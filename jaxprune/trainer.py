@@ -97,7 +97,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, path: str | os.PathLi
   mesh = sharding.make_mesh(config.mesh_shape)
   shardings = sharding.param_shardings(models.logical_axes(model), mesh, params)
   eval_step = sharding.jit_eval_step(train.make_eval_step(model), mesh, shardings)
-  dev = load_dev(config, spec, models.load_tokenizer(path))
+  dev = load_dev(config, spec, models.load_encoding_tokenizer(path))
   return evaluate_model(eval_step, sharding.put(params, shardings), dev, spec.name,
                         config.eval_batch_size, mesh, config.trim_padding_to)
 
@@ -173,7 +173,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         classifier_relu=config.distill.classifier_relu, dtype=config.precision)
     params = student_lib.add_hidden_map(params, student_config, teacher_config,
                                         config.distill, kept, base_hidden, config.seed)
-  train_data, dev_data = data.load_splits(config, spec, models.load_tokenizer(base_model),
+  train_data, dev_data = data.load_splits(config, spec,
+                                          models.load_encoding_tokenizer(base_model),
                                           workdir, augment=mode == "prune", model=base_model,
                                           progress=progress)
   per_epoch = data.steps_per_epoch(len(train_data["labels"]), section.batch_size)

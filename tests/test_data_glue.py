@@ -75,3 +75,19 @@ def test_task_loads_batches_and_scores(name, tokenizer):
     for metric in ("mcc", "pearson", "spearman"):
       if metric in got:
         assert got[metric] == 0.0          # a constant prediction correlates with nothing
+
+
+@pytest.mark.parametrize("name", ["MRPC", "CoLA", "STS-B"])
+def test_the_light_tokenizer_encodes_exactly_like_transformers(name, tokenizer):
+  """``load_encoding_tokenizer`` (tokenizers alone, no torch import) against
+  transformers' fast tokenizer on a real dev split, pairs and single sentences, long
+  enough to truncate (length 32)."""
+  from jaxprune.models import load_encoding_tokenizer
+  spec, splits = _present_splits(name)
+  examples = read_tsv(GLUE_DIR, name, "dev")
+  light = encode(examples, load_encoding_tokenizer("minilm-l6"), 32)
+  reference = encode(examples, tokenizer, 32)
+  assert light.keys() == reference.keys()
+  for k in reference:
+    np.testing.assert_array_equal(light[k], reference[k], err_msg=k)
+  assert (light["attention_mask"].sum(1) == 32).any()  # some rows were truncated

@@ -67,11 +67,15 @@ def teacher(one_process_prune_run, pod) -> str:
 
 
 @pytest.mark.slow
-def test_finetune_on_the_pod(pod, tmp_path):
+def test_finetune_on_the_pod_with_its_compilation_cache_in_the_bucket(pod, tmp_path):
+  """The persistent XLA cache may live in gs:// (a preempted VM loses its disk): the
+  workers write their compiled train step there."""
   env, bucket = pod
   _run(env, tmp_path, "--mode=finetune", "--config=configs/tiny.py:steps=2",
-       f"--workdir={bucket}/ft")
+       f"--workdir={bucket}/ft", f"--config.compilation_cache_dir={bucket}/xla_cache")
   assert _summary(f"{bucket}/ft")["steps"] == 2
+  cached = [p.name for p in paths.path(f"{bucket}/xla_cache").iterdir()]
+  assert any(name.startswith("jit_train_step") for name in cached), cached
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from jaxprune.models.convert import export_hf
 from jaxprune.models.convert import from_config
 from jaxprune.models.convert import from_pretrained
 from jaxprune.models.hub import ModelNotFoundError
+from jaxprune.models.hub import load_encoding_tokenizer
 from jaxprune.models.hub import load_tokenizer
 from jaxprune.models.hub import resolve
 from jaxprune.models.hub import run_model_dir
@@ -45,6 +46,7 @@ __all__ = [
     "from_config",
     "from_pretrained",
     "init_params",
+    "load_encoding_tokenizer",
     "load_tokenizer",
     "logical_axes",
     "magnitude_scores",
