@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 import shlex
+import re
 import subprocess
 import sys
 import time
@@ -55,8 +56,15 @@ GOLDEN_CASES = {
                                      "--reserved", "--queued"],
     "setup_git_ref": ["setup", "pod", "--ref=v0.1.0", "--jax-version=0.10.2",
                       "--repo=https://example.org/jaxprune.git"],
-    "run_gs_workdir": ["run", "pod", "--accelerator-type=v4-32", "--", "--mode=prune",
-                       "--config=configs/reference.py", "--workdir=gs://my-bucket/runs/ref"],
+    "run_gs_workdir": ["run", "pod", "--accelerator-type=v4-32", "--run-name=ref1", "--",
+                       "--mode=prune", "--config=configs/reference.py",
+                       "--workdir=gs://my-bucket/runs/ref"],
+    "run_detached_env_restart": ["run", "pod", "--accelerator-type=v4-16", "--run-name=r2",
+                                 "--detach", "--restart", "--env=XLA_FLAGS=--xla_dump_to=/tmp/d",
+                                 "--env=MY_TAG=a b", "--", "--mode=export",
+                                 "--workdir=gs://my-bucket/runs/ref"],
+    "stop": ["stop", "pod", "--accelerator-type=v4-16", "--grace=20"],
+    "logs_follow_all": ["logs", "pod", "--accelerator-type=v4-16", "--worker=all", "--follow"],
     "delete_queued": ["delete", "pod", "--queued"],
 }
 
@@ -100,8 +108,22 @@ def test_golden_commands_say_what_the_issue_asks(tmp_path):
   assert [next(a for a in l if a.startswith("--worker=")) for l in run] == [
       f"--worker={i}" for i in range(4)]  # v4-32: 4 hosts, one ssh each
   job = run[0][-1]
-  assert "rm -f /tmp/libtpu_lockfile" in job and 'pkill -TERM -f "$HOME/jaxprune-venv' in job
-  assert job.endswith("--workdir=gs://my-bucket/runs/ref --config.coordinator_address=auto")
+  assert "rm -f /tmp/libtpu_lockfile" in job and "pkill" not in job  # no stale-job killing
+  assert "setsid nohup bash -c" in job  # detached from the ssh session
+  assert ("--workdir=gs://my-bucket/runs/ref --config.coordinator_address=auto" in job)
+  assert "gs://my-bucket/runs/ref/logs/worker-0.log" in job
+  assert "gs://my-bucket/runs/ref/logs/worker-3.log" in run[3][-1]
+  assert 'tail -n +1 -F "$HOME/jaxprune-jobs"/ref1.log --pid=' in job
+  assert job.endswith('exit "$(cat "$HOME/jaxprune-jobs"/ref1.exit 2>/dev/null || echo 1)"')
+  detached = lines("run_detached_env_restart")[0][-1]
+  assert "tail -n +1" not in detached and "started r2 on" in detached
+  assert "--config=configs/base.py" in detached  # export without --config joins the run
+  assert "XLA_FLAGS=--xla_dump_to=/tmp/d" in detached and "MY_TAG=a b" in detached
+  assert "is still running" not in detached  # --restart stops the other run instead
+  stop = lines("stop")
+  assert [l[5] for l in stop] == ["pod"] * 2 and "kill -TERM" in stop[0][-1]
+  follow = lines("logs_follow_all")
+  assert [l[4] for l in follow] == ["describe", "ssh", "ssh"] and "tail -n +1 -F" in follow[2][-1]
 
 
 def test_runtime_version_per_generation_and_hosts():
@@ -303,8 +325,9 @@ def test_a_failing_worker_stops_the_other_and_is_named(fake, tmp_path):
                    "last line: fake gcloud: worker 1 fails (FAKE_GCLOUD_FAIL_WORKER)"]
   assert time.time() - start < 120
   assert _alive(fake, "pod") == []  # worker 0's job (waiting for worker 1) was stopped
-  assert _calls(fake, "ssh", "--worker=all")[-1][-1].startswith("--command=pkill -TERM")
-  shown = launcher("logs", "pod", "--worker=all", f"--logs-dir={tmp_path / 'logs'}", env=env)
+  assert "kill -TERM" in _calls(fake, "ssh", "--worker=all")[-1][-1]
+  shown = launcher("logs", "pod", *WHERE, "--worker=all", f"--logs-dir={tmp_path / 'logs'}",
+                   env=env)  # worker 1 does not answer: the streamed copies
   assert shown.returncode == 0, shown.stderr
   assert f"==> {tmp_path / 'logs/pod/r1/worker-1.log'} <==" in shown.stdout
   assert "worker 1 fails (FAKE_GCLOUD_FAIL_WORKER)" in shown.stdout
@@ -402,3 +425,53 @@ def test_preemption_then_babysit_resumes_and_matches(reference, gcs_bucket, fake
   worst = _compare(reference, workdir)
   print(f"\npreempted at step {preempted[0]}, resumed by babysit: masks identical, largest "
         f"relative difference of an exported tensor {worst:.2e}")
+
+
+@pytest.mark.slow
+def test_a_detached_job_outlives_the_launcher_and_is_watched_and_stopped(
+    fake, gcs_bucket, glue_dir, tmp_path):
+  """`run --detach` returns at once; `status` shows each worker's job and worker 0's last
+  step and loss; a launcher killed while streaming leaves the job running; a `run` of
+  another run name refuses to start over it (a retried ssh never kills a live job);
+  `stop` makes every worker save and exit 75 and says so; the log reaches
+  <workdir>/logs in the bucket; `logs --follow` of an ended job prints it and returns."""
+  env = dict(_pod_env(fake), JAXPRUNE_GLUE_DIR=str(glue_dir))
+  for step in (["create", "pod", *WHERE, "--accelerator-type=v4-16"],
+               ["setup", "pod", *WHERE, "--local"]):
+    assert launcher(*step, env=env).returncode == 0
+  workdir = f"{gcs_bucket}/launch/detached"
+  job = ["--", "--mode=finetune", "--config=configs/tiny.py:steps=400",
+         "--config.finetune.checkpoint_every=50", f"--workdir={workdir}"]
+  start = time.time()
+  started = launcher("run", "pod", *WHERE, "--run-name=a", "--detach", *job, env=env,
+                     cwd=tmp_path)
+  assert started.returncode == 0 and time.time() - start < 60, started.stderr
+  assert "job a started on 2 workers, detached" in started.stderr
+  deadline = time.time() + 180
+  while not re.search(r"worker 0: running \(run a\), step ([3-9]|\d\d+)/400",
+                      shown := _status("pod", env)):
+    assert time.time() < deadline, shown
+    time.sleep(1)
+  assert "worker 1: running (run a)" in shown
+  attached = subprocess.Popen([sys.executable, "-m", "jaxprune.launch", "run", "pod", *WHERE,
+                               "--run-name=a", f"--logs-dir={tmp_path / 'logs'}", *job],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+  assert "attaching to the running job a" in attached.stdout.readline()
+  attached.kill()  # the launcher dies; the job must not
+  attached.wait()
+  time.sleep(2)
+  assert "worker 0: running (run a)" in _status("pod", env)
+  other = launcher("run", "pod", *WHERE, "--run-name=b", *job, env=env, cwd=tmp_path)
+  assert other.returncode == 3, other.stderr
+  assert "job a is still running on this worker" in other.stderr
+  stopped = launcher("stop", "pod", *WHERE, "--grace=120", env=env)
+  assert stopped.returncode == 0, stopped.stderr
+  assert stopped.stdout.splitlines() == ["worker 0: job a: exit status 75",
+                                         "worker 1: job a: exit status 75"]
+  assert "worker 0: exit 75 (run a)" in _status("pod", env)
+  from jaxprune import paths
+  copied = paths.read_text(f"{workdir}/logs/worker-0.log")
+  assert "jaxprune: preempted at step" in copied
+  followed = launcher("logs", "pod", *WHERE, "--follow", env=env)
+  assert followed.returncode == 0 and "jaxprune: preempted at step" in followed.stdout

@@ -4,7 +4,9 @@
   jaxprune-tpu setup NAME --local | --ref=GIT_REF
   jaxprune-tpu run NAME -- --mode=prune --config=configs/reference.py --workdir=gs://BUCKET/run
   jaxprune-tpu babysit NAME --accelerator-type=v4-32 --spot --local -- <jaxprune flags>
-  jaxprune-tpu status [NAME] | logs NAME [--worker=all] | ssh NAME [--worker=1] [-- CMD]
+  jaxprune-tpu run NAME --detach -- <jaxprune flags>       # start and return; --restart: replace a running job
+  jaxprune-tpu status [NAME] | logs NAME [--worker=all] [--follow] | stop NAME
+  jaxprune-tpu ssh NAME [--worker=1] [-- CMD]
   jaxprune-tpu delete NAME [--yes]
 
 Every subcommand takes --dry-run (print the gcloud commands, run none). Project, zone,
@@ -63,22 +65,33 @@ flags.DEFINE_string("run-name", None, "run/babysit/logs: the run's name under "
                     "logs/NAME/ (default: the start time).", flag_values=FLAGS)
 flags.DEFINE_string("logs-dir", "logs", "Where run streams the workers' logs.",
                     flag_values=FLAGS)
-flags.DEFINE_string("worker", None, "ssh/logs: worker index (default 0; logs: or all).",
-                    flag_values=FLAGS)
+flags.DEFINE_string("worker", None, "ssh/logs/stop: worker index (default: ssh and logs 0, "
+                    "stop all; logs and stop: or all).", flag_values=FLAGS)
+flags.DEFINE_boolean("detach", False, "run: return once the job started on every worker "
+                     "(it runs detached either way; follow it with logs --follow).",
+                     flag_values=FLAGS)
+flags.DEFINE_boolean("restart", False, "run: stop another run still running on the "
+                     "workers first (without it, run refuses to start over one).",
+                     flag_values=FLAGS)
+flags.DEFINE_boolean("follow", False, "logs: stream the log from the workers until the job "
+                     "ends.", flag_values=FLAGS)
+flags.DEFINE_multi_string("env", [], "run/babysit: KEY=VALUE in the job's environment on "
+                          "every worker (repeatable).", flag_values=FLAGS)
 
 _CREATE = {"accelerator-type", "runtime-version", "spot", "reserved", "queued", "valid-until",
            "create-retries", "retry-wait", "poll"}
 _SETUP = {"local", "ref", "repo", "extras", "jax-version"}
-_RUN = {"bucket", "accelerator-type", "run-name", "logs-dir", "grace"}
+_RUN = {"bucket", "accelerator-type", "run-name", "logs-dir", "grace", "restart", "env"}
 _COMMON = {"project", "zone", "dry-run", "settings"}
 # The flags each subcommand takes.
 ALLOWED = {
     "create": _CREATE,
     "setup": _SETUP,
-    "run": _RUN,
+    "run": _RUN | {"detach"},
     "babysit": _CREATE | _SETUP | _RUN | {"retries"},
-    "status": {"queued", "logs-dir"},
-    "logs": {"run-name", "logs-dir", "worker"},
+    "status": {"queued", "logs-dir", "accelerator-type"},
+    "logs": {"run-name", "logs-dir", "worker", "follow", "accelerator-type"},
+    "stop": {"worker", "grace", "accelerator-type"},
     "ssh": {"worker"},
     "delete": {"yes", "queued"},
 }
@@ -97,7 +110,29 @@ def _options(rest: list[str]) -> commands.Options:
       jax_version=value("jax-version"), retries=value("retries"),
       create_retries=value("create-retries"), retry_wait=value("retry-wait"),
       poll=value("poll"), yes=value("yes"), run_name=value("run-name"),
-      logs_dir=value("logs-dir"), worker=value("worker"), grace=value("grace"), rest=rest)
+      logs_dir=value("logs-dir"), worker=value("worker"), grace=value("grace"),
+      detach=value("detach"), restart=value("restart"), follow=value("follow"),
+      env=list(value("env")), rest=rest)
+
+
+def _command_help(command: str) -> int:
+  """``jaxprune-tpu COMMAND --help``: what it does and the flags it takes."""
+  if command not in commands.COMMANDS:
+    raise LaunchError(f"expected a subcommand ({', '.join(commands.COMMANDS)}), got "
+                      f"{command!r}")
+  doc = " ".join((commands.COMMANDS[command].__doc__ or "").split())
+  usage = [line.strip() for line in __doc__.splitlines()
+           if line.strip().startswith(f"jaxprune-tpu {command}")
+           or f"| {command} " in line]
+  print(f"jaxprune-tpu {command}: {doc}\n")
+  for line in usage:
+    print(f"  {line}")
+  print("\nFlags:")
+  for name in sorted(ALLOWED[command] | _COMMON):
+    flag = FLAGS[name]
+    default = "" if flag.default in (None, False, []) else f" (default: {flag.default})"
+    print(f"  --{name}: {flag.help}{default}")
+  return 0
 
 
 def main(argv: list[str]) -> int:
@@ -111,6 +146,8 @@ def main(argv: list[str]) -> int:
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(__doc__ + "\nFlags:\n" + FLAGS.get_help())
     return 0
+  if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv):
+    return _command_help(argv[0])
   try:
     positional = FLAGS(["jaxprune-tpu", *argv])[1:]
   except flags.Error as e:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+import re
 import shlex
 import sys
 import tempfile
+import threading
 import time
 
 from jaxprune.launch import accelerators
@@ -29,8 +31,8 @@ from jaxprune.launch import workers
 from jaxprune.launch.runner import Result, Runner, gcloud_error
 from jaxprune.launch.settings import LaunchError, Settings
 
-__all__ = ["Options", "create", "setup", "run", "babysit", "status", "logs", "ssh", "delete",
-           "COMMANDS"]
+__all__ = ["Options", "create", "setup", "run", "babysit", "status", "logs", "stop", "ssh",
+           "delete", "COMMANDS"]
 
 # States of a TPU VM that will not run anything again: babysit re-creates it.
 GONE = ("PREEMPTED", "TERMINATED", "STOPPED", "SUSPENDED", "NOT_FOUND")
@@ -57,6 +59,10 @@ class Options:
   logs_dir: str = "logs"
   worker: str | None = None
   grace: int = remote.STOP_GRACE_S
+  detach: bool = False
+  restart: bool = False
+  follow: bool = False
+  env: list[str] = dataclasses.field(default_factory=list)
   # Everything after `--`: the jaxprune flags (run, babysit) or a command (ssh).
   rest: list[str] = dataclasses.field(default_factory=list)
 
@@ -238,17 +244,42 @@ def _run_name(opts: Options) -> str:
   return opts.run_name
 
 
+def _job_env(opts: Options) -> dict[str, str]:
+  env = {}
+  for item in opts.env:
+    key, eq, value = item.partition("=")
+    if not eq or not key.replace("_", "a").isalnum() or key[0].isdigit():
+      raise LaunchError(f"--env={item}: expected KEY=VALUE")
+    env[key] = value
+  return env
+
+
 def run(name: str, opts: Options, s: Settings, runner: Runner, marker: str | None = None
         ) -> int:
-  """Runs the jaxprune job on every worker; the exit status of the first one that failed."""
+  """Starts the jaxprune job on every worker, detached from the ssh sessions; streams
+  the logs and returns the exit status of the first worker that failed (``--detach``:
+  returns once the job started).
+
+  The launcher can be killed or lose its network meanwhile: the job goes on (`logs
+  --follow`, `status`, `stop` reach it; the same `run` command re-attaches)."""
   flags, where = job_flags(name, opts, s), _where(s)
+  env = _job_env(opts)
   count = _workers(name, where, opts, s, runner)
-  log_dir = Path(opts.logs_dir) / name / _run_name(opts)
-  outcome = workers.run_all(runner, name, where, count, remote.job_script(flags, opts.grace),
-                            log_dir, grace_s=opts.grace, marker=marker)
+  run_name = _run_name(opts)
+  log_dir = Path(opts.logs_dir) / name / run_name
+  workdir = _workdir(flags)
+  script = lambda i: remote.job_script(  # noqa: E731
+      flags, run_name, grace_s=opts.grace, env=env, restart=opts.restart,
+      detach=opts.detach, log_copy=f"{workdir.rstrip('/')}/logs/worker-{i}.log")
+  outcome = workers.run_all(runner, name, where, count, script, log_dir, grace_s=opts.grace,
+                            marker=marker)
   if outcome.failed is None:
-    if not runner.dry_run:
-      _say(f"{name}: the job ended well on {count} workers; logs in {log_dir}")
+    if opts.detach and not runner.dry_run:
+      _say(f"{name}: job {run_name} started on {count} workers, detached; follow it with "
+           f"`jaxprune-tpu logs {name} --follow`, stop it with `jaxprune-tpu stop {name}`")
+    elif not runner.dry_run:
+      _say(f"{name}: the job ended well on {count} workers; logs in {log_dir} and "
+           f"{workdir.rstrip('/')}/logs")
     return 0
   i, code = outcome.failed, outcome.returncodes[outcome.failed]
   why = {workers.PREEMPTED_EXIT_CODE: "preempted; the same command resumes",
@@ -261,6 +292,51 @@ def run(name: str, opts: Options, s: Settings, runner: Runner, marker: str | Non
   return code
 
 
+def _on_workers(name: str, opts: Options, s: Settings, runner: Runner, script: str
+                ) -> list[Result]:
+  """``script`` on the chosen workers (``--worker``, default all), one ssh each, in
+  parallel; their results in worker order."""
+  where = _where(s)
+  count = _workers(name, where, opts, s, runner)
+  chosen = range(count) if (opts.worker or "all") == "all" else [int(opts.worker)]
+  results: dict[int, Result] = {}
+  one = lambda i: results.__setitem__(  # noqa: E731
+      i, runner.run(gcloud.ssh(name, where, str(i), script), dry=Result(0, "")))
+  if runner.dry_run:  # printed in worker order
+    for i in chosen:
+      one(i)
+  else:
+    threads = [threading.Thread(target=one, args=(i,)) for i in chosen]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+  return [results[i] for i in chosen]
+
+
+def stop(name: str, opts: Options, s: Settings, runner: Runner) -> int:
+  """SIGTERM to the job on every worker (it saves a checkpoint and exits 75), SIGKILL
+  after ``--grace`` seconds; prints each worker's exit status."""
+  results = _on_workers(name, opts, s, runner, remote.stop_script(opts.grace))
+  for i, result in enumerate([] if runner.dry_run else results):
+    print(f"worker {i}: " + (result.stdout.strip().splitlines() or ["?"])[-1]
+          if result.ok else f"worker {i}: unreachable ({gcloud_error(result.stderr)})")
+  return 0 if all(r.ok for r in results) else 1
+
+
+_PROGRESS = re.compile(r"(\d+)/(\d+) \[[^\]]*?loss=([-+.\deE]+|nan|inf)")
+
+
+def _job_status(text: str) -> str:
+  """``running``/``exit N``, with the run name and the last step and loss logged."""
+  fields = dict(line.split(": ", 1) for line in text.splitlines()[:2] if ": " in line)
+  line = f"{fields.get('state', '?')} (run {fields.get('run', '?')})"
+  log = text.split("log:\n", 1)[-1].replace("\r", "\n")
+  steps = _PROGRESS.findall(log)
+  if steps:
+    step, total, loss = steps[-1]
+    line += f", step {step}/{total}, loss {loss}"
+  return line
 def babysit(name: str, opts: Options, s: Settings, runner: Runner) -> int:
   """create + setup + run until the job succeeds: after a preemption (VM gone, or the job's
   exit code 75) the VM is re-created and the same job resumes from its gs:// workdir."""
@@ -317,20 +393,64 @@ def status(name: str | None, opts: Options, s: Settings, runner: Runner) -> int:
     if runs:
       line += f", latest logs {runs[-1].parent}"
     print(line)
+    if name is not None and node.get("state") == "READY":
+      for i, result in enumerate(_on_workers(short, opts, s, runner, remote.status_script())):
+        print(f"  worker {i}: " + (_job_status(result.stdout) if result.ok else
+                                    f"unreachable ({gcloud_error(result.stderr)})"))
   return 0
 
 
 def logs(name: str, opts: Options, s: Settings, runner: Runner) -> int:
-  """Prints the streamed logs of a run (the latest, or --run-name) of one or all workers."""
+  """The job's log from the workers (worker 0, ``--worker=i`` or ``all``); ``--follow``
+  streams it until the job ends. When a worker cannot be reached (the VM is gone), the
+  copy that ``run`` streamed into ``--logs-dir`` is shown instead."""
+  worker = opts.worker or "0"
+  where = _where(s)
+  if describe(name, where, runner)["state"] == "READY" or runner.dry_run:
+    opts.worker = worker
+    script = remote.logs_script(follow=opts.follow)
+    if opts.follow or worker != "all":
+      count = _workers(name, where, opts, s, runner)
+      chosen = range(count) if worker == "all" else [int(worker)]
+      procs = [runner.start(gcloud.ssh(name, where, str(i), script)) for i in chosen]
+      if runner.dry_run:
+        return 0
+      streams = [threading.Thread(target=_prefixed, args=(p.stdout, f"[worker {i}] "
+                                                          if len(chosen) > 1 else ""))
+                 for i, p in zip(chosen, procs)]
+      for t in streams:
+        t.start()
+      for t in streams:
+        t.join()
+      if all(p.wait() == 0 for p in procs):
+        return 0
+    else:
+      results = _on_workers(name, opts, s, runner, script)
+      if all(r.ok for r in results):
+        for i, r in enumerate(results):
+          print(f"==> worker {i} <==")
+          sys.stdout.write(r.stdout)
+        return 0
+  return _local_logs(name, opts, worker)
+
+
+def _prefixed(stream, prefix: str) -> None:
+  for raw in iter(stream.readline, b""):
+    sys.stdout.write(prefix + raw.decode("utf-8", "replace"))
+    sys.stdout.flush()
+
+
+def _local_logs(name: str, opts: Options, worker: str) -> int:
+  """The logs ``run`` streamed into ``--logs-dir`` (the latest run, or --run-name)."""
   root = Path(opts.logs_dir) / name
   runs = sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
   if opts.run_name:
     runs = [p for p in runs if p.name == opts.run_name]
   if not runs:
     raise LaunchError(f"no logs of {name}" + (f" run {opts.run_name}" if opts.run_name
-                                               else "") + f" under {root}")
+                                               else "") + f" on its workers or under {root}")
+  _say(f"{name}: showing the copy streamed to {runs[-1]} (the workers did not answer)")
   files = sorted(runs[-1].glob("worker-*.log"), key=lambda p: int(p.stem.split("-")[1]))
-  worker = opts.worker or "0"
   if worker != "all":
     files = [f for f in files if f.stem == f"worker-{worker}"]
     if not files:
@@ -374,4 +494,4 @@ def delete(name: str, opts: Options, s: Settings, runner: Runner) -> int:
 
 
 COMMANDS = {"create": create, "setup": setup, "run": run, "babysit": babysit,
-            "status": status, "logs": logs, "ssh": ssh, "delete": delete}
+            "status": status, "logs": logs, "stop": stop, "ssh": ssh, "delete": delete}

@@ -15,14 +15,16 @@ Example::
 from __future__ import annotations
 
 import shlex
-from typing import Sequence
+from typing import Mapping, Sequence
 
 __all__ = ["TARBALL", "PYTHON", "check_script", "install_script", "job_script",
-           "stop_script", "job_args"]
+           "stop_script", "status_script", "logs_script", "job_args"]
 
 VENV = '"$HOME/jaxprune-venv"'
 SRC = '"$HOME/jaxprune-src"'
 STAMP = '"$HOME/jaxprune-venv/jaxprune-stamp"'
+# The detached jobs' logs, exit statuses, process group and run name.
+JOBS = '"$HOME/jaxprune-jobs"'
 # setup --local copies the tarball here (relative to the home folder).
 TARBALL = "jaxprune-src.tar.gz"
 # jax >= 0.5 and jaxprune need Python >= 3.11; Ubuntu 22.04 images ship 3.10.
@@ -71,15 +73,56 @@ def install_script(stamp: str, jax_version: str, extras: str, *, local: bool,
   ])
 
 
+def _running() -> str:
+  """A bash function: is this worker's detached job (its process group) alive?"""
+  return (f'running() {{ test -f {JOBS}/job.pid && '
+          f'kill -0 -- "-$(cat {JOBS}/job.pid)" 2>/dev/null; }}')
+
+
 def stop_script(grace_s: int = STOP_GRACE_S) -> str:
-  """Stops this worker's jaxprune jobs: SIGTERM, then SIGKILL after ``grace_s`` seconds.
+  """Stops this worker's detached job: SIGTERM to its process group (jaxprune saves a
+  checkpoint and exits 75), SIGKILL after ``grace_s`` seconds; prints its exit status.
 
   Example: ``stop_script(5)``.
   """
-  pattern = '"$HOME/jaxprune-venv/bin/[j]axprune"'
-  return (f"pkill -TERM -f {pattern}; for i in $(seq {grace_s}); do "
-          f"pgrep -f {pattern} >/dev/null || break; sleep 1; done; "
-          f"pkill -KILL -f {pattern}; true")
+  return "; ".join([
+      _running(),
+      f'if running; then P=$(cat {JOBS}/job.pid); kill -TERM -- "-$P" 2>/dev/null; '
+      f'for i in $(seq {grace_s}); do running || break; sleep 1; done; '
+      f'kill -KILL -- "-$P" 2>/dev/null; sleep 1; fi',
+      f'R=$(cat {JOBS}/job.run 2>/dev/null || echo none)',
+      f'echo "job $R: exit status $(cat {JOBS}/$R.exit 2>/dev/null || echo none)"',
+      "true",
+  ])
+
+
+def status_script() -> str:
+  """Prints this worker's job: its run name, ``running`` or ``exit N``, its log's tail.
+
+  Example: ``status_script()``.
+  """
+  return "; ".join([
+      _running(),
+      f'R=$(cat {JOBS}/job.run 2>/dev/null || echo none)',
+      'echo "run: $R"',
+      f'if running; then echo "state: running"; else echo "state: exit '
+      f'$(cat {JOBS}/$R.exit 2>/dev/null || echo none)"; fi',
+      f'echo "log:"; tail -c 4000 {JOBS}/$R.log 2>/dev/null; true',
+  ])
+
+
+def logs_script(follow: bool = False) -> str:
+  """Prints this worker's job log (the current run's); ``follow``: until the job ends.
+
+  Example: ``logs_script(follow=True)``.
+  """
+  follow_part = (f'tail -n +1 -F {JOBS}/$R.log --pid="$(cat {JOBS}/job.pid)" 2>/dev/null'
+                 if follow else f"cat {JOBS}/$R.log")
+  return "; ".join([
+      f'R=$(cat {JOBS}/job.run 2>/dev/null) || {{ echo "no jaxprune job has run here" >&2; '
+      "exit 1; }",
+      follow_part,
+  ])
 
 
 def job_args(flags: Sequence[str]) -> list[str]:
@@ -101,12 +144,62 @@ def job_args(flags: Sequence[str]) -> list[str]:
   return flags
 
 
-def job_script(flags: Sequence[str], grace_s: int = STOP_GRACE_S) -> str:
-  """Stops stale jobs, frees the TPU (``/tmp/libtpu_lockfile``), then runs the job.
+def job_script(flags: Sequence[str], run_name: str, *, grace_s: int = STOP_GRACE_S,
+               env: Mapping[str, str] | None = None, restart: bool = False,
+               detach: bool = False, log_copy: str | None = None) -> str:
+  """Starts the job on this worker detached from the ssh session, then follows its log.
 
-  The job replaces the shell (``exec``): its exit status is the ssh command's.
+  The job runs under ``setsid nohup`` (its own session and process group, no terminal):
+  a closed laptop, a dropped network or Ctrl-C in the launcher ends only the ssh client.
+  ``setsid`` rather than tmux or systemd-run: it is on every image, needs no root, and
+  one process group is what `stop_script` signals. On the worker the job leaves
+  ``~/jaxprune-jobs/<run>.log`` and ``<run>.exit`` (its exit status), and
+  ``job.pid``/``job.run`` (the running group and its run name).
 
-  Example: ``job_script(["--mode=prune", "--workdir=gs://b/run"])``.
+  Idempotent: when this run is already running (gcloud retried the ssh command after a
+  broken connection, or the launcher was restarted) it attaches instead of starting a
+  second copy; another run still running is an error (exit 3) unless ``restart`` (then
+  it is stopped first). Without ``detach`` the script streams the log until the job
+  ends and exits with the job's status. ``log_copy``: a gs:// path the log is copied to
+  every minute and at the end (``<workdir>/logs/worker-<i>.log``).
+
+  Example: ``job_script(["--mode=prune", "--workdir=gs://b/run"], "run1")``.
   """
-  return (f"{stop_script(grace_s)}; rm -f /tmp/libtpu_lockfile; cd {SRC} && "
-          f"exec \"$HOME/jaxprune-venv/bin/jaxprune\" {shlex.join(job_args(flags))}")
+  log, exit_file = f"{JOBS}/{run_name}.log", f"{JOBS}/{run_name}.exit"
+  assignments = [f"{k}={v}" for k, v in (env or {}).items()]
+  job = (f'cd {SRC} && env {shlex.join(assignments)} "$HOME/jaxprune-venv/bin/jaxprune" '
+         f'{shlex.join(job_args(flags))}' if assignments else
+         f'cd {SRC} && "$HOME/jaxprune-venv/bin/jaxprune" {shlex.join(job_args(flags))}')
+  copy = (f'"$HOME/jaxprune-venv/bin/python" -c {shlex.quote(_COPY)} {log} '
+          f'{shlex.quote(log_copy)} >/dev/null 2>&1' if log_copy else "true")
+  # The group leader: ignores SIGTERM's default (a trap, reset in the job: jaxprune gets
+  # the signal and saves), records the job's exit status, copies the log.
+  wrapper = (f"trap true TERM; ( while sleep {LOG_COPY_EVERY_S}; do {copy}; done ) & "
+             f"C=$!; {job}; code=$?; echo $code > {exit_file}; kill $C 2>/dev/null; "
+             f"{copy}; exit $code")
+  start = (f"rm -f /tmp/libtpu_lockfile {exit_file}; cd; setsid nohup bash -c "
+           f"{shlex.quote(wrapper)} >> {log} 2>&1 < /dev/null & "
+           f"echo $! > {JOBS}/job.pid; echo {shlex.quote(run_name)} > {JOBS}/job.run")
+  other = (f"{stop_script(grace_s)} >/dev/null" if restart else
+           f'echo "jaxprune-tpu: job $(cat {JOBS}/job.run) is still running on this worker:'
+           ' stop it (jaxprune-tpu stop NAME) or pass --restart" >&2; exit 3')
+  lines = [
+      f"mkdir -p {JOBS}",
+      _running(),
+      f'if running && [ "$(cat {JOBS}/job.run)" != {shlex.quote(run_name)} ]; then {other}; '
+      "fi",
+      f"if running; then echo \"jaxprune-tpu: attaching to the running job "
+      f"{run_name}\"; else {start}; fi",
+  ]
+  if detach:
+    lines.append(f'echo "jaxprune-tpu: started {run_name} on $(hostname): log {log}"')
+  else:
+    lines += [f'tail -n +1 -F {log} --pid="$(cat {JOBS}/job.pid)" 2>/dev/null',
+              f'exit "$(cat {exit_file} 2>/dev/null || echo 1)"']
+  return "; ".join(lines)
+
+
+# Copies the job's log to a gs:// path (the venv's python has jaxprune's `paths`).
+_COPY = ("import pathlib, sys; from jaxprune import paths; "
+         "paths.upload(pathlib.Path(sys.argv[1]), paths.path(sys.argv[2]))")
+LOG_COPY_EVERY_S = 60

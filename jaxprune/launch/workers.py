@@ -1,8 +1,9 @@
 """One ssh per worker: each worker's output into ``<log_dir>/worker-<i>.log`` (worker 0's
 also to the terminal); when one exits non-zero, the others are stopped.
 
-Stopping runs ``remote.stop_script`` on every worker over a new ssh: closing the local
-ssh client alone does not end a remote job on a TPU VM.
+Stopping runs ``remote.stop_script`` on every worker over a new ssh: the jobs run
+detached from their ssh sessions (``remote.job_script``), so closing the local ssh
+clients leaves them running.
 
 Example::
 
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 from jaxprune.launch import gcloud
 from jaxprune.launch import remote
@@ -67,19 +68,21 @@ def _first_failure(returncodes: list[int | None]) -> int | None:
   return (own or failed or [None])[0]
 
 
-def run_all(runner: Runner, name: str, where: gcloud.Where, workers: int, command: str,
-            log_dir: Path, echo: TextIO | None = None, grace_s: int = remote.STOP_GRACE_S,
-            marker: str | None = None) -> Outcome:
-  """Runs ``command`` on ``workers`` workers, one ssh each, and waits for all.
+def run_all(runner: Runner, name: str, where: gcloud.Where, workers: int,
+            command: str | Callable[[int], str], log_dir: Path, echo: TextIO | None = None,
+            grace_s: int = remote.STOP_GRACE_S, marker: str | None = None) -> Outcome:
+  """Runs ``command`` (or ``command(i)`` on worker i) on ``workers`` workers, one ssh
+  each, and waits for all.
 
   ``marker`` (e.g. "attempt 2") is written into every log first.
 
   Example: ``run_all(Runner(dry_run=True), "pod", where, 4, "hostname", Path("logs/x"))``.
   """
   echo = echo or sys.stdout
+  script = command if callable(command) else (lambda i: command)
   if runner.dry_run:
     for i in range(workers):
-      runner.start(gcloud.ssh(name, where, str(i), command))
+      runner.start(gcloud.ssh(name, where, str(i), script(i)))
     return Outcome([0] * workers, None, [""] * workers)
   log_dir.mkdir(parents=True, exist_ok=True)
   logs = [log_dir / f"worker-{i}.log" for i in range(workers)]
@@ -87,7 +90,7 @@ def run_all(runner: Runner, name: str, where: gcloud.Where, workers: int, comman
     for log in logs:
       with open(log, "a") as f:
         f.write(f"=== jaxprune-tpu: {marker} ===\n")
-  procs = [runner.start(gcloud.ssh(name, where, str(i), command)) for i in range(workers)]
+  procs = [runner.start(gcloud.ssh(name, where, str(i), script(i))) for i in range(workers)]
   tail = [""] * workers
   pumps = [threading.Thread(target=_pump, args=(p.stdout, logs[i], echo if i == 0 else None,
                                                 tail, i), daemon=True)
