@@ -64,6 +64,14 @@ GOLDEN_CASES = {
                                  "--env=MY_TAG=a b", "--", "--mode=export",
                                  "--workdir=gs://my-bucket/runs/ref"],
     "stop": ["stop", "pod", "--accelerator-type=v4-16", "--grace=20"],
+    "create_internal_ip_queued": ["create", "private", "--accelerator-type=v5litepod-16",
+                                  "--queued", "--spot", "--internal-ip", "--network=corp",
+                                  "--subnetwork=tpu-subnet", "--labels=team=nlp,cost=sparse",
+                                  "--service-account=tpu@my-project.iam.gserviceaccount.com",
+                                  "--scopes=cloud-platform"],
+    "run_internal_ip": ["run", "private", "--accelerator-type=v5litepod-16", "--internal-ip",
+                        "--run-name=p1", "--", "--mode=finetune",
+                        "--workdir=gs://my-bucket/runs/p"],
     "logs_follow_all": ["logs", "pod", "--accelerator-type=v4-16", "--worker=all", "--follow"],
     "delete_queued": ["delete", "pod", "--queued"],
 }
@@ -122,6 +130,12 @@ def test_golden_commands_say_what_the_issue_asks(tmp_path):
   assert "is still running" not in detached  # --restart stops the other run instead
   stop = lines("stop")
   assert [l[5] for l in stop] == ["pod"] * 2 and "kill -TERM" in stop[0][-1]
+  private = next(l for l in lines("create_internal_ip_queued") if "create" in l)
+  assert {"--internal-ips", "--network=corp", "--subnetwork=tpu-subnet",
+          "--labels=team=nlp,cost=sparse", "--scopes=cloud-platform",
+          "--service-account=tpu@my-project.iam.gserviceaccount.com"} <= set(private)
+  assert all("--internal-ip" in l for l in lines("run_internal_ip") if "ssh" in l)
+  assert "DPkg::Lock::Timeout=600" in install and "--retries 10" in install
   follow = lines("logs_follow_all")
   assert [l[4] for l in follow] == ["describe", "ssh", "ssh"] and "tail -n +1 -F" in follow[2][-1]
 

@@ -21,6 +21,7 @@ import sys
 from absl import flags
 
 from jaxprune.launch import commands
+from jaxprune.launch import gcloud
 from jaxprune.launch import settings
 from jaxprune.launch.runner import Runner
 from jaxprune.launch.settings import LaunchError
@@ -75,14 +76,27 @@ flags.DEFINE_boolean("restart", False, "run: stop another run still running on t
                      flag_values=FLAGS)
 flags.DEFINE_boolean("follow", False, "logs: stream the log from the workers until the job "
                      "ends.", flag_values=FLAGS)
+flags.DEFINE_boolean("internal-ip", False, "Create VMs without external IPs (--internal-ips) "
+                     "and reach them by internal IP (ssh/scp --internal-ip): for "
+                     "organisations that forbid external IPs; run the launcher inside the VPC.",
+                     flag_values=FLAGS)
+flags.DEFINE_string("network", None, "create: the VPC network.", flag_values=FLAGS)
+flags.DEFINE_string("subnetwork", None, "create: the subnetwork.", flag_values=FLAGS)
+flags.DEFINE_string("service-account", None, "create: the service account the VMs run as "
+                    "(it needs read/write on the bucket).", flag_values=FLAGS)
+flags.DEFINE_string("scopes", None, "create: the VMs' access scopes (e.g. cloud-platform).",
+                    flag_values=FLAGS)
+flags.DEFINE_string("labels", None, "create: labels, k=v,k2=v2 (cost tracking).",
+                    flag_values=FLAGS)
 flags.DEFINE_multi_string("env", [], "run/babysit: KEY=VALUE in the job's environment on "
                           "every worker (repeatable).", flag_values=FLAGS)
 
 _CREATE = {"accelerator-type", "runtime-version", "spot", "reserved", "queued", "valid-until",
-           "create-retries", "retry-wait", "poll"}
+           "create-retries", "retry-wait", "poll", "network", "subnetwork", "service-account",
+           "scopes", "labels"}
 _SETUP = {"local", "ref", "repo", "extras", "jax-version"}
 _RUN = {"bucket", "accelerator-type", "run-name", "logs-dir", "grace", "restart", "env"}
-_COMMON = {"project", "zone", "dry-run", "settings"}
+_COMMON = {"project", "zone", "dry-run", "settings", "internal-ip"}
 # The flags each subcommand takes.
 ALLOWED = {
     "create": _CREATE,
@@ -112,7 +126,12 @@ def _options(rest: list[str]) -> commands.Options:
       poll=value("poll"), yes=value("yes"), run_name=value("run-name"),
       logs_dir=value("logs-dir"), worker=value("worker"), grace=value("grace"),
       detach=value("detach"), restart=value("restart"), follow=value("follow"),
-      env=list(value("env")), rest=rest)
+      env=list(value("env")), internal_ip=value("internal-ip"),
+      network=gcloud.Network(internal_ips=value("internal-ip"), network=value("network"),
+                             subnetwork=value("subnetwork"),
+                             service_account=value("service-account"),
+                             scopes=value("scopes"), labels=value("labels")),
+      rest=rest)
 
 
 def _command_help(command: str) -> int:

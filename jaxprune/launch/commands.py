@@ -63,6 +63,8 @@ class Options:
   restart: bool = False
   follow: bool = False
   env: list[str] = dataclasses.field(default_factory=list)
+  network: gcloud.Network = gcloud.Network()
+  internal_ip: bool = False
   # Everything after `--`: the jaxprune flags (run, babysit) or a command (ssh).
   rest: list[str] = dataclasses.field(default_factory=list)
 
@@ -71,8 +73,10 @@ def _say(message: str) -> None:
   print(f"jaxprune-tpu: {message}", file=sys.stderr, flush=True)
 
 
-def _where(s: Settings) -> gcloud.Where:
-  return gcloud.Where(*s.require("project", "zone"))
+def _where(s: Settings, opts: Options | None = None) -> gcloud.Where:
+  """Project and zone from the settings; internal IPs for ssh/scp from the flags."""
+  return gcloud.Where(*s.require("project", "zone"),
+                      internal_ip=bool(opts and (opts.internal_ip or opts.network.internal_ips)))
 
 
 def _accelerator(opts: Options, s: Settings) -> accelerators.Accelerator:
@@ -115,7 +119,7 @@ def _wait_until_active(name: str, where: gcloud.Where, opts: Options, runner: Ru
 
 def create(name: str, opts: Options, s: Settings, runner: Runner) -> int:
   """Creates the TPU VM (or a queued resource for it), or reuses a READY one."""
-  where, acc = _where(s), _accelerator(opts, s)
+  where, acc = _where(s, opts), _accelerator(opts, s)
   if opts.valid_until and not opts.queued:
     raise LaunchError("--valid-until applies to queued resources: add --queued")
   found = describe(name, where, runner)
@@ -131,9 +135,10 @@ def create(name: str, opts: Options, s: Settings, runner: Runner) -> int:
   runtime = opts.runtime_version or acc.runtime_version
   if opts.queued:
     args = gcloud.create_queued(name, where, acc.name, runtime, opts.capacity,
-                                opts.valid_until)
+                                opts.valid_until, network=opts.network)
   else:
-    args = gcloud.create_vm(name, where, acc.name, runtime, opts.capacity)
+    args = gcloud.create_vm(name, where, acc.name, runtime, opts.capacity,
+                            network=opts.network)
   tries = 1 + (opts.create_retries if opts.queued else 0)
   for attempt in range(tries):
     result = runner.run(args)
@@ -164,7 +169,7 @@ def create(name: str, opts: Options, s: Settings, runner: Runner) -> int:
 
 def setup(name: str, opts: Options, s: Settings, runner: Runner) -> int:
   """Puts jaxprune and a venv with ``jax[tpu]`` on every worker; a no-op when up to date."""
-  where = _where(s)
+  where = _where(s, opts)
   if opts.local == bool(opts.ref):
     raise LaunchError("setup needs one of --local (this checkout) or --ref=GIT_REF")
   jax_version = opts.jax_version or source.jax_version()
@@ -262,7 +267,7 @@ def run(name: str, opts: Options, s: Settings, runner: Runner, marker: str | Non
 
   The launcher can be killed or lose its network meanwhile: the job goes on (`logs
   --follow`, `status`, `stop` reach it; the same `run` command re-attaches)."""
-  flags, where = job_flags(name, opts, s), _where(s)
+  flags, where = job_flags(name, opts, s), _where(s, opts)
   env = _job_env(opts)
   count = _workers(name, where, opts, s, runner)
   run_name = _run_name(opts)
@@ -296,7 +301,7 @@ def _on_workers(name: str, opts: Options, s: Settings, runner: Runner, script: s
                 ) -> list[Result]:
   """``script`` on the chosen workers (``--worker``, default all), one ssh each, in
   parallel; their results in worker order."""
-  where = _where(s)
+  where = _where(s, opts)
   count = _workers(name, where, opts, s, runner)
   chosen = range(count) if (opts.worker or "all") == "all" else [int(opts.worker)]
   results: dict[int, Result] = {}
@@ -340,7 +345,7 @@ def _job_status(text: str) -> str:
 def babysit(name: str, opts: Options, s: Settings, runner: Runner) -> int:
   """create + setup + run until the job succeeds: after a preemption (VM gone, or the job's
   exit code 75) the VM is re-created and the same job resumes from its gs:// workdir."""
-  where = _where(s)
+  where = _where(s, opts)
   job_flags(name, opts, s)  # bad flags fail before anything is created
   _run_name(opts)
   tries = opts.retries + 1
@@ -366,7 +371,7 @@ def babysit(name: str, opts: Options, s: Settings, runner: Runner) -> int:
 
 def status(name: str | None, opts: Options, s: Settings, runner: Runner) -> int:
   """One line per TPU VM (or the named one), with its queued resource and latest logs."""
-  where = _where(s)
+  where = _where(s, opts)
   if name is None:
     result = runner.run(gcloud.list_vms(where), dry=Result(0, "[]"))
     if not result.ok:
@@ -405,7 +410,7 @@ def logs(name: str, opts: Options, s: Settings, runner: Runner) -> int:
   streams it until the job ends. When a worker cannot be reached (the VM is gone), the
   copy that ``run`` streamed into ``--logs-dir`` is shown instead."""
   worker = opts.worker or "0"
-  where = _where(s)
+  where = _where(s, opts)
   if describe(name, where, runner)["state"] == "READY" or runner.dry_run:
     opts.worker = worker
     script = remote.logs_script(follow=opts.follow)
@@ -465,7 +470,7 @@ def _local_logs(name: str, opts: Options, worker: str) -> int:
 def ssh(name: str, opts: Options, s: Settings, runner: Runner) -> int:
   """An ssh session on a worker (default 0), or the command after ``--`` there."""
   command = shlex.join(opts.rest) if opts.rest else None
-  args = gcloud.ssh(name, _where(s), opts.worker or "0", command)
+  args = gcloud.ssh(name, _where(s, opts), opts.worker or "0", command)
   return runner.interactive(args) if command is None else runner.run(args, stream=True).returncode
 
 
@@ -480,7 +485,7 @@ def _delete(name: str, where: gcloud.Where, runner: Runner, queued: bool) -> Non
 
 def delete(name: str, opts: Options, s: Settings, runner: Runner) -> int:
   """Deletes the TPU VM (and its queued resource); asks first unless --yes."""
-  where = _where(s)
+  where = _where(s, opts)
   if not opts.yes and not runner.dry_run:
     if not sys.stdin.isatty():
       raise LaunchError(f"delete {name}: pass --yes to confirm (no terminal to ask on)")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["Where", "create_vm", "create_queued", "describe_vm", "describe_queued",
+__all__ = ["Where", "Network", "create_vm", "create_queued", "describe_vm", "describe_queued",
            "delete_vm", "delete_queued", "list_vms", "ssh", "scp", "CAPACITIES"]
 
 TPUS = ["gcloud", "compute", "tpus"]
@@ -25,12 +25,40 @@ CAPACITIES = ("on-demand", "spot", "reserved")
 
 @dataclasses.dataclass(frozen=True)
 class Where:
-  """The project and zone every command names explicitly."""
+  """The project and zone every command names explicitly; ``internal_ip``: ssh and scp
+  reach the workers by their internal addresses (VMs without external IPs)."""
   project: str
   zone: str
+  internal_ip: bool = False
 
   def flags(self) -> list[str]:
     return [f"--zone={self.zone}", f"--project={self.project}"]
+
+  def ssh_flags(self) -> list[str]:
+    return [*self.flags(), *(["--internal-ip"] if self.internal_ip else [])]
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """How a created TPU VM is attached and who it runs as (``tpu-vm create`` and
+  ``queued-resources create`` take the same flags).
+
+  ``internal_ips``: no external IPs (an organisation policy often forbids them; the
+  subnetwork then needs Private Google Access for gs://). ``labels``: ``k=v,k2=v2``.
+  """
+  internal_ips: bool = False
+  network: str | None = None
+  subnetwork: str | None = None
+  service_account: str | None = None
+  scopes: str | None = None
+  labels: str | None = None
+
+  def flags(self) -> list[str]:
+    named = [("network", self.network), ("subnetwork", self.subnetwork),
+             ("service-account", self.service_account), ("scopes", self.scopes),
+             ("labels", self.labels)]
+    return ([*(["--internal-ips"] if self.internal_ips else []),
+             *(f"--{flag}={value}" for flag, value in named if value)])
 
 
 def _capacity(capacity: str) -> list[str]:
@@ -40,18 +68,19 @@ def _capacity(capacity: str) -> list[str]:
 
 
 def create_vm(name: str, where: Where, accelerator_type: str, runtime_version: str,
-              capacity: str = "on-demand") -> list[str]:
+              capacity: str = "on-demand", network: Network = Network()) -> list[str]:
   """``tpu-vm create`` (fails at once when the zone has no capacity).
 
   Example: ``create_vm("a", Where("p", "z"), "v5litepod-8", "v2-alpha-tpuv5-lite")``.
   """
   return [*TPUS, "tpu-vm", "create", name, *where.flags(),
           f"--accelerator-type={accelerator_type}", f"--version={runtime_version}",
-          *_capacity(capacity)]
+          *_capacity(capacity), *network.flags()]
 
 
 def create_queued(name: str, where: Where, accelerator_type: str, runtime_version: str,
-                  capacity: str = "on-demand", valid_until: str | None = None) -> list[str]:
+                  capacity: str = "on-demand", valid_until: str | None = None,
+                  network: Network = Network()) -> list[str]:
   """``queued-resources create``: waits in Cloud TPU's queue until capacity is free.
 
   ``valid_until`` is a duration (``6h``, ``2d``): the request expires unfilled after it.
@@ -61,7 +90,8 @@ def create_queued(name: str, where: Where, accelerator_type: str, runtime_versio
   return [*TPUS, "queued-resources", "create", name, f"--node-id={name}", *where.flags(),
           f"--accelerator-type={accelerator_type}", f"--runtime-version={runtime_version}",
           *_capacity(capacity),
-          *([f"--valid-until-duration={valid_until}"] if valid_until else [])]
+          *([f"--valid-until-duration={valid_until}"] if valid_until else []),
+          *network.flags()]
 
 
 def describe_vm(name: str, where: Where) -> list[str]:
@@ -94,11 +124,11 @@ def ssh(name: str, where: Where, worker: str, command: str | None = None) -> lis
 
   Example: ``ssh("a", Where("p", "z"), "all", "hostname")``.
   """
-  return [*TPUS, "tpu-vm", "ssh", name, *where.flags(), f"--worker={worker}",
+  return [*TPUS, "tpu-vm", "ssh", name, *where.ssh_flags(), f"--worker={worker}",
           *([f"--command={command}"] if command is not None else [])]
 
 
 def scp(local: str, name: str, remote: str, where: Where, worker: str = "all") -> list[str]:
   """``tpu-vm scp`` of a local file to ``remote`` (relative to the home folder) on workers."""
-  return [*TPUS, "tpu-vm", "scp", local, f"{name}:{remote}", *where.flags(),
+  return [*TPUS, "tpu-vm", "scp", local, f"{name}:{remote}", *where.ssh_flags(),
           f"--worker={worker}"]

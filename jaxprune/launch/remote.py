@@ -29,6 +29,11 @@ JOBS = '"$HOME/jaxprune-jobs"'
 TARBALL = "jaxprune-src.tar.gz"
 # jax >= 0.5 and jaxprune need Python >= 3.11; Ubuntu 22.04 images ship 3.10.
 PYTHON = "python3.11"
+# setup on a fresh VM: how long apt waits for its lock, pip's retries per download, and
+# how often a whole pip install is tried.
+APT_LOCK_WAIT_S = 600
+PIP_RETRIES = 10
+INSTALL_TRIES = 3
 # What a stale or stopped job gets after SIGTERM (it saves a checkpoint) before SIGKILL.
 STOP_GRACE_S = 30
 
@@ -56,14 +61,22 @@ def install_script(stamp: str, jax_version: str, extras: str, *, local: bool,
     fetch = (f"rm -rf {SRC} && git clone -q {shlex.quote(repo)} {SRC} && "
              f"git -C {SRC} checkout -q {shlex.quote(ref)}")
   package = '"$HOME/jaxprune-src' + (f"[{extras}]" if extras else "") + '"'
-  pip = '"$HOME/jaxprune-venv/bin/pip" install -q'
+  pip = f'retry "$HOME/jaxprune-venv/bin/pip" install -q --retries {PIP_RETRIES} --timeout 60'
+  apt = f"sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout={APT_LOCK_WAIT_S}"
   return "; ".join([  # one line: --dry-run prints one command per line
       "set -eu",
+      # pip retries each download; this retries a whole install that still failed (an
+      # index that answered 5xx for a while).
+      f'retry() {{ for i in $(seq {INSTALL_TRIES}); do "$@" && return 0; '
+      f'echo "$(hostname): failed ($*), try $i/{INSTALL_TRIES}" >&2; sleep 15; done; '
+      "return 1; }",
       f"if {check_script(stamp)}; then echo \"$(hostname): jaxprune {stamp} already "
       "installed\"; exit 0; fi",
       fetch,
-      f"command -v {PYTHON} >/dev/null || {{ sudo apt-get update -qq && sudo "
-      f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {PYTHON} {PYTHON}-venv; }}",
+      # A fresh VM runs unattended-upgrades, which holds apt's lock for minutes: wait.
+      f"command -v {PYTHON} >/dev/null || {{ echo \"$(hostname): installing {PYTHON} "
+      f"(waiting up to {APT_LOCK_WAIT_S} s for apt's lock if unattended-upgrades holds "
+      f"it)\"; {apt} update -qq && {apt} install -y -qq {PYTHON} {PYTHON}-venv; }}",
       f"{PYTHON} -m venv {VENV}",
       f"{pip} --upgrade pip",
       f"{pip} {shlex.quote(f'jax[tpu]=={jax_version}')} {package}",
