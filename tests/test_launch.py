@@ -249,17 +249,19 @@ def _status(name: str, env: dict) -> str:
 
 def test_resource_exhausted_is_one_line_and_retried_when_queued(fake, tmp_path):
   env = dict(fake, FAKE_GCLOUD_FAIL_CREATE="RESOURCE_EXHAUSTED")
-  result = launcher("create", "pod", *WHERE, "--accelerator-type=v4-16", env=env)
-  assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-  assert result.stderr.startswith("jaxprune-tpu: error: no v4-16 capacity in us-central2-b "
-                                  "(RESOURCE_EXHAUSTED): try --queued"), result.stderr
-  assert len(_calls(env, "create")) == 1
   quick = ["--retry-wait=0.05", "--poll=0.05"]
+  result = launcher("create", "pod", *WHERE, "--accelerator-type=v4-16", "--create-retries=1",
+                    *quick, env=env)
+  assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 2
+  assert result.stderr.splitlines()[-1].startswith(
+      "jaxprune-tpu: error: no v4-16 capacity in us-central2-b (RESOURCE_EXHAUSTED): gave up "
+      "after 2 tries; try --queued"), result.stderr
+  assert len(_calls(env, "create")) == 2  # a plain create is retried with backoff too
   result = launcher("create", "pod", *WHERE, "--accelerator-type=v4-16", "--queued",
                     "--create-retries=2", *quick, env=env)
   assert result.returncode == 2 and "gave up after 3 tries" in result.stderr, result.stderr
   assert len(result.stderr.strip().splitlines()) == 3  # two retry notes, one error
-  assert len(_calls(env, "create")) == 4
+  assert len(_calls(env, "create")) == 5
   # Two failures, then capacity; the queued resource waits twice before it is ACTIVE.
   env = dict(fake, FAKE_GCLOUD_FAIL_CREATE="RESOURCE_EXHAUSTED:2", FAKE_GCLOUD_QUEUE_POLLS="2",
              FAKE_GCLOUD_STATE=str(tmp_path / "state2"))
@@ -267,6 +269,7 @@ def test_resource_exhausted_is_one_line_and_retried_when_queued(fake, tmp_path):
                     *quick, env=env)
   assert result.returncode == 0, result.stderr
   assert "retry 2/8" in result.stderr and "WAITING_FOR_RESOURCES" in result.stderr
+  assert "queued resource PROVISIONING" in result.stderr
   assert len(_calls(env, "queued-resources", "create")) == 3
   assert "pod: READY v4-16 2 workers tpu-ubuntu2204-base spot, queued resource ACTIVE" in \
       _status("pod", env)
@@ -489,3 +492,69 @@ def test_a_detached_job_outlives_the_launcher_and_is_watched_and_stopped(
   assert "jaxprune: preempted at step" in copied
   followed = launcher("logs", "pod", *WHERE, "--follow", env=env)
   assert followed.returncode == 0 and "jaxprune: preempted at step" in followed.stdout
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("QUOTA", "not enough v4-16 quota in us-central2-b"),
+    ("PERMISSION", "no permission to create TPUs in project my-project"),
+    ("ZONE", "zone us-central2-b is unknown or offers no Cloud TPU")])
+def test_quota_permission_and_zone_errors_are_one_line_and_not_retried(fake, kind, message):
+  env = dict(fake, FAKE_GCLOUD_FAIL_CREATE=kind)
+  for queued in ([], ["--queued"]):
+    result = launcher("create", "pod", *WHERE, "--accelerator-type=v4-16", *queued,
+                      "--retry-wait=0.05", env=env)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"jaxprune-tpu: error: {message}"), result.stderr
+  assert len(_calls(env, "create")) == 2
+
+
+def _babysit_quick(env: dict, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+  """babysit of a job that fails at once (an export of a run that never was: exit 2), so
+  that only the VM's and queued resource's states are exercised."""
+  return launcher("babysit", "pod", *WHERE, "--accelerator-type=v4-16", "--local",
+                  "--poll=0.05", "--retry-wait=0.05", "--run-name=q", *extra, "--",
+                  "--mode=export", "--workdir=gs://jaxprune-test/never-written", env=env,
+                  cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_babysit_replaces_a_failed_queued_resource(fake, gcs_bucket, tmp_path):
+  """ACCEPTED -> PROVISIONING -> FAILED: babysit deletes it (DELETING, waited through)
+  and creates it again; the second one becomes ACTIVE and the job runs."""
+  env = dict(_pod_env(fake), FAKE_GCLOUD_QR_FAIL="FAILED:1", FAKE_GCLOUD_DELETE_POLLS="2")
+  result = _babysit_quick(env, tmp_path, "--queued", "--spot")
+  assert result.returncode == 2, result.stderr  # the job's own failure: not retried
+  err = result.stderr
+  assert "queued resource FAILED: deleting it to create it again" in err, err
+  assert "queued resource DELETING; waiting" in err
+  assert len(_calls(env, "queued-resources", "create")) == 2
+  assert len(_calls(env, "queued-resources", "delete", "--force")) == 1
+  assert not _calls(env, "tpu-vm", "delete")
+
+
+@pytest.mark.slow
+def test_babysit_waits_through_repairing_without_deleting(fake, gcs_bucket, tmp_path):
+  env = _pod_env(fake)
+  assert launcher("create", "pod", *WHERE, "--accelerator-type=v4-16", env=env).returncode == 0
+  (Path(env["FAKE_GCLOUD_STATE"]) / "vms" / "pod.repair").write_text("3")
+  result = _babysit_quick(env, tmp_path)
+  assert result.returncode == 2, result.stderr
+  assert "pod: VM REPAIRING; waiting" in result.stderr
+  assert not _calls(env, "delete") and len(_calls(env, "create")) == 1
+
+
+@pytest.mark.slow
+def test_babysit_replaces_a_suspended_queued_resource_whose_vm_is_gone(fake, gcs_bucket,
+                                                                      tmp_path):
+  """A preempted queued spot resource: its VM is deleted (describe: NOT_FOUND) and the
+  resource goes SUSPENDING, then SUSPENDED; babysit waits, deletes it and re-creates."""
+  env = _pod_env(fake)
+  quick = ["--poll=0.05", "--retry-wait=0.05"]
+  assert launcher("create", "pod", *WHERE, "--accelerator-type=v4-16", "--queued", "--spot",
+                  *quick, env=env).returncode == 0
+  (Path(env["FAKE_GCLOUD_STATE"]) / "vms" / "pod.preempt").write_text("")
+  assert "pod: no TPU VM yet, queued resource SUSPEND" in _status("pod", env)  # ING, ED
+  result = _babysit_quick(env, tmp_path, "--queued", "--spot")
+  assert result.returncode == 2, result.stderr
+  assert "queued resource SUSPENDED: deleting it to create it again" in result.stderr
+  assert len(_calls(env, "queued-resources", "create")) == 2

@@ -49,10 +49,12 @@ flags.DEFINE_string("jax-version", None, "setup: the jax[tpu] version (default: 
                     "installed here).", flag_values=FLAGS)
 flags.DEFINE_integer("retries", 5, "babysit: re-creations after preemptions.",
                      flag_values=FLAGS)
-flags.DEFINE_integer("create-retries", 8, "create --queued: retries after RESOURCE_EXHAUSTED.",
+flags.DEFINE_integer("create-retries", 8, "create: retries after RESOURCE_EXHAUSTED (no "
+                     "capacity in the zone).", flag_values=FLAGS)
+flags.DEFINE_float("retry-wait", 60.0, "create: first backoff in seconds (doubles); babysit: "
+                   "the wait before retrying setup.", flag_values=FLAGS)
+flags.DEFINE_integer("setup-retries", 3, "babysit: retries of a failed setup.",
                      flag_values=FLAGS)
-flags.DEFINE_float("retry-wait", 60.0, "create --queued: first backoff in seconds (doubles).",
-                   flag_values=FLAGS)
 flags.DEFINE_float("poll", 30.0, "Seconds between checks of a queued resource.",
                    flag_values=FLAGS)
 flags.DEFINE_integer("grace", 30, "Seconds a stopped job gets to save before SIGKILL.",
@@ -102,7 +104,7 @@ ALLOWED = {
     "create": _CREATE,
     "setup": _SETUP,
     "run": _RUN | {"detach"},
-    "babysit": _CREATE | _SETUP | _RUN | {"retries"},
+    "babysit": _CREATE | _SETUP | _RUN | {"retries", "setup-retries"},
     "status": {"queued", "logs-dir", "accelerator-type"},
     "logs": {"run-name", "logs-dir", "worker", "follow", "accelerator-type"},
     "stop": {"worker", "grace", "accelerator-type"},
@@ -123,7 +125,8 @@ def _options(rest: list[str]) -> commands.Options:
       local=value("local"), ref=value("ref"), extras=value("extras"),
       jax_version=value("jax-version"), retries=value("retries"),
       create_retries=value("create-retries"), retry_wait=value("retry-wait"),
-      poll=value("poll"), yes=value("yes"), run_name=value("run-name"),
+      poll=value("poll"), yes=value("yes"), setup_retries=value("setup-retries"),
+      run_name=value("run-name"),
       logs_dir=value("logs-dir"), worker=value("worker"), grace=value("grace"),
       detach=value("detach"), restart=value("restart"), follow=value("follow"),
       env=list(value("env")), internal_ip=value("internal-ip"),

@@ -35,7 +35,7 @@ __all__ = ["Options", "create", "setup", "run", "babysit", "status", "logs", "st
            "delete", "COMMANDS"]
 
 # States of a TPU VM that will not run anything again: babysit re-creates it.
-GONE = ("PREEMPTED", "TERMINATED", "STOPPED", "SUSPENDED", "NOT_FOUND")
+GONE = ("PREEMPTED", "TERMINATED", "STOPPED", "SUSPENDED")
 
 
 @dataclasses.dataclass
@@ -51,6 +51,7 @@ class Options:
   extras: str = "gcs"
   jax_version: str | None = None
   retries: int = 5
+  setup_retries: int = 3
   create_retries: int = 8
   retry_wait: float = 60.0
   poll: float = 30.0
@@ -102,19 +103,83 @@ def _queued_state(name: str, where: gcloud.Where, runner: Runner, dry_exists: bo
   return ((result.json() or {}).get("state") or {}).get("state", "UNKNOWN")
 
 
+# Queued-resource and VM states babysit waits through, and those it replaces.
+WAIT_QUEUED = ("ACCEPTED", "WAITING_FOR_RESOURCES", "PROVISIONING", "CREATING", "SUSPENDING",
+               "DELETING")
+WAIT_VM = ("CREATING", "STARTING", "REPAIRING", "RESTARTING", "REIMAGING")
+GONE_QUEUED = ("SUSPENDED", "FAILED")
+
+
 def _wait_until_active(name: str, where: gcloud.Where, opts: Options, runner: Runner) -> None:
   said = None
   while True:
     state = _queued_state(name, where, runner, dry_exists=True)
     if state == "ACTIVE":
       return
-    if state in ("FAILED", "SUSPENDED", "SUSPENDING", "NOT_FOUND"):
+    if state not in WAIT_QUEUED or state in ("SUSPENDING", "DELETING"):
       raise LaunchError(f"queued resource {name} is {state}; see `gcloud compute tpus "
-                        f"queued-resources describe {name} --zone={where.zone}`")
+                        f"queued-resources describe {name} --zone={where.zone}`"
+                        + ("; `jaxprune-tpu babysit` deletes and re-creates it"
+                           if state in GONE_QUEUED else ""))
     if state != said:
       _say(f"{name}: queued resource {state}; waiting (checks every {opts.poll:.0f} s)")
       said = state
     time.sleep(opts.poll)
+
+
+def _create_failure(stderr: str, acc: accelerators.Accelerator, where: gcloud.Where
+                    ) -> str | None:
+  """A one-line reason when retrying cannot help (quota, permission, zone); else None."""
+  text, detail = stderr.lower(), gcloud_error(stderr)
+  if "quota" in text:
+    return (f"not enough {acc.name} quota in {where.zone} ({detail}): request more on the "
+            "console's IAM & Admin > Quotas page, or use another zone")
+  if "permission_denied" in text or "permission denied" in text:
+    return (f"no permission to create TPUs in project {where.project} ({detail}): the "
+            "account needs roles/tpu.admin (and to act as the VMs' service account)")
+  if "location" in text and ("not found" in text or "invalid" in text):
+    return (f"zone {where.zone} is unknown or offers no Cloud TPU to project "
+            f"{where.project} ({detail})")
+  return None
+
+
+def _request(name: str, opts: Options, s: Settings, runner: Runner) -> None:
+  """Issues the create (a VM, or a queued resource for it): capacity shortages
+  (RESOURCE_EXHAUSTED) are retried with exponential backoff, either way; quota,
+  permission and zone errors end at once with one line."""
+  where, acc = _where(s, opts), _accelerator(opts, s)
+  runtime = opts.runtime_version or acc.runtime_version
+  if opts.queued:
+    args = gcloud.create_queued(name, where, acc.name, runtime, opts.capacity,
+                                opts.valid_until, network=opts.network)
+  else:
+    args = gcloud.create_vm(name, where, acc.name, runtime, opts.capacity,
+                            network=opts.network)
+  tries = 1 + opts.create_retries
+  for attempt in range(tries):
+    result = runner.run(args)
+    if result.ok:
+      return
+    if opts.queued and "ALREADY_EXISTS" in result.stderr:
+      _say(f"{name}: the queued resource exists already; waiting for it")
+      return
+    reason = _create_failure(result.stderr, acc, where)
+    if reason:
+      raise LaunchError(reason)
+    exhausted = "RESOURCE_EXHAUSTED" in result.stderr or \
+        "no more capacity" in result.stderr.lower()
+    if exhausted and attempt + 1 < tries:
+      wait = min(opts.retry_wait * 2 ** attempt, 900.0)
+      _say(f"{name}: no {acc.name} capacity in {where.zone} (RESOURCE_EXHAUSTED); "
+           f"retry {attempt + 1}/{tries - 1} in {wait:.0f} s")
+      time.sleep(wait)
+      continue
+    if exhausted:
+      hint = (f"gave up after {tries} tries; try later or another zone" if opts.queued else
+              f"gave up after {tries} tries; try --queued (waits in Cloud TPU's queue), "
+              "--spot or another zone")
+      raise LaunchError(f"no {acc.name} capacity in {where.zone} (RESOURCE_EXHAUSTED): {hint}")
+    raise LaunchError(f"gcloud could not create {name}: {gcloud_error(result.stderr)}")
 
 
 def create(name: str, opts: Options, s: Settings, runner: Runner) -> int:
@@ -133,38 +198,48 @@ def create(name: str, opts: Options, s: Settings, runner: Runner) -> int:
     raise LaunchError(f"{name} exists and is {found['state']}: `jaxprune-tpu delete {name}` "
                       "first (babysit does this by itself)")
   runtime = opts.runtime_version or acc.runtime_version
-  if opts.queued:
-    args = gcloud.create_queued(name, where, acc.name, runtime, opts.capacity,
-                                opts.valid_until, network=opts.network)
-  else:
-    args = gcloud.create_vm(name, where, acc.name, runtime, opts.capacity,
-                            network=opts.network)
-  tries = 1 + (opts.create_retries if opts.queued else 0)
-  for attempt in range(tries):
-    result = runner.run(args)
-    if result.ok:
-      break
-    if opts.queued and "ALREADY_EXISTS" in result.stderr:
-      _say(f"{name}: the queued resource exists already; waiting for it")
-      break
-    exhausted = "RESOURCE_EXHAUSTED" in result.stderr or \
-        "no more capacity" in result.stderr.lower()
-    if exhausted and attempt + 1 < tries:
-      wait = min(opts.retry_wait * 2 ** attempt, 900.0)
-      _say(f"{name}: no {acc.name} capacity in {where.zone} (RESOURCE_EXHAUSTED); "
-           f"retry {attempt + 1}/{tries - 1} in {wait:.0f} s")
-      time.sleep(wait)
-      continue
-    if exhausted:
-      hint = (f"gave up after {tries} tries; try later or another zone" if opts.queued else
-              "try --queued (waits in Cloud TPU's queue), --spot or another zone")
-      raise LaunchError(f"no {acc.name} capacity in {where.zone} (RESOURCE_EXHAUSTED): {hint}")
-    raise LaunchError(f"gcloud could not create {name}: {gcloud_error(result.stderr)}")
+  _request(name, opts, s, runner)
   if opts.queued:
     _wait_until_active(name, where, opts, runner)
-  _say(f"{name}: {acc.name} {'would be created' if runner.dry_run else 'created'} ({acc.hosts} worker{'s' * (acc.hosts > 1)}, {runtime}, "
+  _say(f"{name}: {acc.name} {'would be created' if runner.dry_run else 'created'} "
+       f"({acc.hosts} worker{'s' * (acc.hosts > 1)}, {runtime}, "
        f"{opts.capacity}{', queued' if opts.queued else ''})")
   return 0
+
+
+def _ensure_ready(name: str, opts: Options, s: Settings, runner: Runner) -> None:
+  """babysit's way to a READY VM, following the VM's and its queued resource's states.
+
+  It waits through a queued resource's ACCEPTED, WAITING_FOR_RESOURCES, PROVISIONING,
+  SUSPENDING and DELETING and a VM's CREATING, STARTING and REPAIRING, never deleting
+  them; it deletes a resource that is SUSPENDED or FAILED, or a VM that is PREEMPTED,
+  TERMINATED or STOPPED, waits until it is gone, and creates it again.
+  """
+  if runner.dry_run:
+    create(name, opts, s, runner)
+    return
+  where, said = _where(s, opts), None
+  while True:
+    vm = describe(name, where, runner)["state"]
+    if vm == "READY":
+      return
+    queued = _queued_state(name, where, runner, dry_exists=opts.queued)
+    state = f"VM {vm}" + (f", queued resource {queued}" if queued != "NOT_FOUND" else "")
+    if vm in WAIT_VM or queued in WAIT_QUEUED or (queued == "ACTIVE" and vm == "NOT_FOUND"):
+      if state != said:
+        _say(f"{name}: {state}; waiting (checks every {opts.poll:.0f} s)")
+      said = state
+      time.sleep(opts.poll)
+    elif vm in GONE or queued in GONE_QUEUED:
+      _say(f"{name}: {state}: deleting it to create it again")
+      _delete(name, where, runner, queued=queued != "NOT_FOUND")
+      said = None
+    elif vm == "NOT_FOUND" and queued == "NOT_FOUND":
+      _request(name, opts, s, runner)
+      said = None
+    else:
+      raise LaunchError(f"{name}: {state}, a state babysit does not know; see `jaxprune-tpu "
+                        f"status {name}`")
 
 
 def setup(name: str, opts: Options, s: Settings, runner: Runner) -> int:
@@ -350,13 +425,17 @@ def babysit(name: str, opts: Options, s: Settings, runner: Runner) -> int:
   _run_name(opts)
   tries = opts.retries + 1
   for attempt in range(1, tries + 1):
-    state = describe(name, where, runner)["state"]
-    if state != "READY" and state != "NOT_FOUND":
-      _say(f"{name} is {state}: deleting it to create it again")
-      _delete(name, where, runner, queued=opts.queued)
-    if state != "READY":
-      create(name, opts, s, runner)
-    setup(name, opts, s, runner)
+    _ensure_ready(name, opts, s, runner)
+    for setup_try in range(opts.setup_retries + 1):
+      try:
+        setup(name, opts, s, runner)
+        break
+      except LaunchError as e:
+        if setup_try == opts.setup_retries:
+          raise
+        _say(f"{name}: setup failed ({e}); retry {setup_try + 1}/{opts.setup_retries} "
+             f"in {opts.retry_wait:.0f} s")
+        time.sleep(opts.retry_wait)
     code = run(name, opts, s, runner, marker=f"attempt {attempt}/{tries}")
     if code == 0 or runner.dry_run:
       return code
