@@ -67,18 +67,6 @@ def teacher(one_process_prune_run, pod) -> str:
 
 
 @pytest.mark.slow
-def test_finetune_on_the_pod_with_its_compilation_cache_in_the_bucket(pod, tmp_path):
-  """The persistent XLA cache may live in gs:// (a preempted VM loses its disk): the
-  workers write their compiled train step there."""
-  env, bucket = pod
-  _run(env, tmp_path, "--mode=finetune", "--config=configs/tiny.py:steps=2",
-       f"--workdir={bucket}/ft", f"--config.compilation_cache_dir={bucket}/xla_cache")
-  assert _summary(f"{bucket}/ft")["steps"] == 2
-  cached = [p.name for p in paths.path(f"{bucket}/xla_cache").iterdir()]
-  assert any(name.startswith("jit_train_step") for name in cached), cached
-
-
-@pytest.mark.slow
 def test_prune_with_the_model_axis_across_hosts_on_the_pod(pod, tmp_path, teacher):
   env, bucket = pod
   workdir = f"{bucket}/prune"
@@ -127,10 +115,15 @@ def test_augment_on_the_pod(pod, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_on_the_pod(pod, tmp_path):
+def test_finetune_and_demo_on_the_pod_with_the_compilation_cache_in_the_bucket(pod, tmp_path):
+  """The demo: a finetune run (the teacher) then a prune run, in one process per worker
+  (the distributed run joined once). The persistent XLA cache may live in gs:// (a
+  preempted VM loses its disk): the workers write their compiled train steps there."""
   env, bucket = pod
   out = _run(env, tmp_path, "--mode=demo", "--config=configs/tiny.py:steps=2",
-             f"--workdir={bucket}/demo")
+             f"--workdir={bucket}/demo", f"--config.compilation_cache_dir={bucket}/xla_cache")
   assert "gap teacher - student" in out and out.count("data:  MRPC") == 1
-  for run in ("teacher", "student"):
-    _summary(f"{bucket}/demo/{run}")
+  assert _summary(f"{bucket}/demo/teacher")["mode"] == "finetune"
+  assert _summary(f"{bucket}/demo/student")["mode"] == "prune"
+  cached = [p.name for p in paths.path(f"{bucket}/xla_cache").iterdir()]
+  assert sum(name.startswith("jit_train_step") for name in cached) >= 2, cached

@@ -81,7 +81,8 @@ class Runner:
       return dry
     if stream:
       return Result(subprocess.run(list(args), stdin=subprocess.DEVNULL).returncode)
-    done = subprocess.run(list(args), capture_output=True, text=True,
+    # errors="replace": a log tail can start inside a multi-byte character (tqdm's bars)
+    done = subprocess.run(list(args), capture_output=True, text=True, errors="replace",
                           stdin=subprocess.DEVNULL)
     return Result(done.returncode, done.stdout, done.stderr)
 
