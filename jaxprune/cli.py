@@ -19,6 +19,7 @@ import ml_collections
 from jaxprune import config as config_lib
 from jaxprune import paths
 from jaxprune import report
+from jaxprune.errors import UserError
 
 __all__ = ["run", "demo"]
 
@@ -75,14 +76,39 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str | None
 
 def _on_first_process(name: str, work):
   """``work()`` on process 0 only (one writer per file); the others wait for it and get
-  None. Host-only work: sharing it would not make it faster on a pod's few hosts."""
+  None. Host-only work: sharing it would not make it faster on a pod's few hosts.
+
+  When ``work()`` fails, every process stops with its message (a UserError on the
+  others), so each worker exits the same way instead of waiting in a collective for a
+  process that left."""
   import jax
   if jax.process_count() == 1:
     return work()
-  from jax.experimental import multihost_utils
-  result = work() if jax.process_index() == 0 else None
-  multihost_utils.sync_global_devices(f"jaxprune {name} done")
-  return result
+  from jax._src import distributed
+  client, key = distributed.global_state.client, f"jaxprune/{name}/outcome"
+  if jax.process_index() == 0:
+    try:
+      result = work()
+    except BaseException as e:
+      client.key_value_set(key, _outcome(e))
+      raise
+    client.key_value_set(key, "")
+    return result
+  outcome = client.blocking_key_value_get(key, _WAIT_FOR_PROCESS_0_MS)
+  if outcome:
+    raise UserError(outcome)
+  return None
+
+
+# How long the other processes wait for process 0's export or augmentation (a week).
+_WAIT_FOR_PROCESS_0_MS = 7 * 24 * 3600 * 1000
+
+
+def _outcome(error: BaseException) -> str:
+  """What the other processes report when process 0's work failed with ``error``."""
+  if isinstance(error, (UserError, FileNotFoundError)):
+    return str(error)
+  return f"process 0 stopped on {type(error).__name__}: {error}".strip().rstrip(":")
 
 
 def export(workdir: str, export_format: str, out: str | None) -> str:

@@ -90,16 +90,31 @@ def main(argv: list[str]) -> None:
 
 
 def _exit(code: int) -> None:
-  """Exits; in a multi-process run at once, without JAX's shutdown barrier: a process
-  that stops on an error the others did not meet (a file only it read) would wait there
-  for them, and they for it in their next collective, until the heartbeat timeout.
-  Leaving breaks its connections, so the others end at once (PEER_LOST_EXIT_CODE)."""
+  """Exits; in a multi-process run, together with the other processes when they stop too.
+
+  A configuration error or a missing file stops every process at about the same point:
+  they meet at a barrier and leave through JAX's shutdown, so every worker exits with
+  ``code`` (a process leaving alone first would take the coordinator down, and the
+  others would abort). An error only this process met (a file only it read) finds no
+  one at the barrier: after ``_EXIT_BARRIER_S`` it leaves at once, without the shutdown
+  barrier the others, waiting in their next collective, would never reach; its broken
+  connections end them (PEER_LOST_EXIT_CODE)."""
   jax = sys.modules.get("jax")
-  if jax is not None and jax.distributed.is_initialized():
-    sys.stderr.flush()
-    sys.stdout.flush()
+  if jax is None or not jax.distributed.is_initialized():
+    sys.exit(code)
+  sys.stderr.flush()
+  sys.stdout.flush()
+  from jax._src import distributed
+  try:
+    distributed.global_state.client.wait_at_barrier("jaxprune_exit", _EXIT_BARRIER_S * 1000)
+  except Exception:  # alone (DEADLINE_EXCEEDED) or the coordinator is gone
     os._exit(code)
+  jax.distributed.shutdown()
   sys.exit(code)
+
+
+# Seconds a process stopping on an error waits for the others to stop too.
+_EXIT_BARRIER_S = 30
 
 
 def run() -> None:

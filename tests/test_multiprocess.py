@@ -202,6 +202,43 @@ def test_killing_one_process_ends_the_other_with_one_line_and_the_rerun_matches(
   assert_matches_one_process(reference, _checkpoint(workdir, STEPS))
 
 
+# The CLI with process 1 reaching everything 3 s after process 0 (it joins the run late).
+_LATE_PROCESS_1 = ["-c", """
+import sys, time
+from jaxprune import sharding
+from jaxprune.main import run
+join = sharding.initialize_distributed
+def late(*args, **kwargs):
+  joined = join(*args, **kwargs)
+  import jax
+  time.sleep(3 * jax.process_index())
+  return joined
+sharding.initialize_distributed = late
+sys.argv[0] = "jaxprune"
+run()
+"""]
+
+
+@pytest.mark.slow
+def test_an_error_every_process_meets_ends_each_with_its_one_line_and_status_2(tmp_path):
+  """``--mode=export`` of a work directory that does not exist, on 2 processes where
+  process 1 gets there 3 s later: each prints its one ``jaxprune: error:`` line and exits
+  2. Process 0 leaving at once would take the coordinator down and process 1 would abort
+  (134) with a C++ trace, as on a pod worker where one host is slower."""
+  coordinator = f"127.0.0.1:{free_port()}"
+  procs = [_start(["--mode=export", f"--workdir={tmp_path / 'never-written'}",
+                   "--config=configs/base.py", f"--config.coordinator_address={coordinator}",
+                   "--config.num_processes=2", f"--config.process_id={i}"], 2,
+                  tmp_path / f"run_{i}.log", main=_LATE_PROCESS_1) for i in range(2)]
+  for p in procs:
+    p.wait(timeout=120)
+  assert [p.returncode for p in procs] == [2, 2], worker_logs(tmp_path)
+  for i in range(2):
+    lines = [l for l in (tmp_path / f"run_{i}.log").read_text().splitlines() if l.strip()]
+    assert [l for l in lines if "jaxprune: error:" in l] == lines[-1:], lines[-5:]
+    assert "never-written" in lines[-1]
+
+
 @pytest.mark.slow
 def test_processes_resume_together_from_the_newest_step_all_of_them_read(
     one_process_prune_run, tmp_path):
