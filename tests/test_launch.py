@@ -405,7 +405,11 @@ def _checkpoint_steps(workdir: str) -> list[int]:
 @pytest.mark.slow
 def test_preemption_then_babysit_resumes_and_matches(reference, gcs_bucket, fake, tmp_path):
   """A spot pod (2 workers x 2 CPU devices) preempted after its first checkpoint: babysit
-  re-creates it and the job resumes to the same masks and weights as 1 process x 4."""
+  re-creates it and the job resumes to the same masks and weights as 1 process x 4.
+
+  The job's mesh is (1, 4): its ``model`` axis spans the two hosts, so the pruning-event
+  report (``report.layer_counts``) and the HF export (``sharding.to_host``) gather
+  arrays across processes."""
   from jaxprune import paths
   from jaxprune import report
   env = dict(_pod_env(fake), FAKE_GCLOUD_PREEMPT_GRACE="30")
@@ -414,7 +418,7 @@ def test_preemption_then_babysit_resumes_and_matches(reference, gcs_bucket, fake
   babysit = subprocess.Popen(
       [sys.executable, "-m", "jaxprune.launch", "babysit", "spotpod", *WHERE,
        "--accelerator-type=v4-16", "--spot", "--local", "--retries=2", "--run-name=r1",
-       "--", *args, f"--workdir={workdir}"],
+       "--", *args, "--config.mesh_shape=(1,4)", f"--workdir={workdir}"],
       cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
   while not _checkpoint_steps(workdir):  # the first checkpoint is there: preempt the VM
@@ -438,6 +442,9 @@ def test_preemption_then_babysit_resumes_and_matches(reference, gcs_bucket, fake
   assert "spotpod: the job ended well on 2 workers" in err
   summary = json.loads(paths.read_text(f"{workdir}/summary.json"))
   assert summary["processes"] == 2 and summary["devices"] == 4
+  assert summary["mesh"] == {"data": 1, "model": 4}
+  events = [r for r in rows if r["kind"] == "prune_event"]
+  assert events and events[-1]["total"] == pytest.approx(summary["encoder_sparsity"])
   # create + setup + run (babysit runs the same three) give the 1-process result.
   worst = _compare(reference, workdir)
   print(f"\npreempted at step {preempted[0]}, resumed by babysit: masks identical, largest "
@@ -533,14 +540,21 @@ def test_babysit_replaces_a_failed_queued_resource(fake, gcs_bucket, tmp_path):
 
 
 @pytest.mark.slow
-def test_babysit_waits_through_repairing_without_deleting(fake, gcs_bucket, tmp_path):
-  env = _pod_env(fake)
+def test_babysit_waits_through_repairing_and_retries_a_failed_setup(fake, gcs_bucket,
+                                                                   tmp_path):
+  """A VM REPAIRING for 3 describes is waited for, not deleted; then setup fails on
+  worker 1 (its first two ssh commands exit 1: the installed-version check, whose
+  failure means "install", and the install) and is retried, and the job runs."""
+  env = dict(_pod_env(fake), FAKE_GCLOUD_FAIL_WORKER="1:2")
   assert launcher("create", "pod", *WHERE, "--accelerator-type=v4-16", env=env).returncode == 0
   (Path(env["FAKE_GCLOUD_STATE"]) / "vms" / "pod.repair").write_text("3")
   result = _babysit_quick(env, tmp_path)
-  assert result.returncode == 2, result.stderr
+  assert result.returncode == 2, result.stderr  # the job's own failure: not retried
   assert "pod: VM REPAIRING; waiting" in result.stderr
   assert not _calls(env, "delete") and len(_calls(env, "create")) == 1
+  retries = re.findall(r"pod: setup failed \(.*\); retry (\d)/3", result.stderr)
+  assert retries == ["1"], result.stderr
+  assert re.search(r"worker \d of pod exited with status 2", result.stderr)  # the job ran
 
 
 @pytest.mark.slow

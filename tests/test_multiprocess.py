@@ -1,11 +1,12 @@
 """Two processes on 127.0.0.1 (two fake CPU devices each) train like one process.
 
-Each process runs tests/multiprocess_worker.py on a 2 (data) x 2 (model) mesh over the
-4 global devices: the data axis spans the processes (each feeds only its rows of every
-batch, ``sharding.batch_rows``, through ``jax.make_array_from_process_local_data``) and
-the model axis the two devices of a process. Both must end with the single-device run's
-losses and params. The devices come in process order, and interleaved by process as on
-a TPU slice (tests/interleaved_devices.py), where each process's rows are not one block.
+tests/multiprocess_worker.py runs on a 4 (data) x 1 mesh over the 4 global devices,
+interleaved by process as on a TPU slice (tests/interleaved_devices.py): each process
+feeds only its rows of every batch (``sharding.batch_rows``, two separate blocks here)
+through ``jax.make_array_from_process_local_data``, and must end with the single-device
+run's losses and params. The CLI's tiny prune job runs on 2 processes interleaved
+(SIGTERM to one process) and in process order on a 2 (data) x 2 (model) mesh (SIGKILL
+to one process); both resume to the 1-process x 4-device run's final state.
 """
 
 import json
@@ -27,7 +28,6 @@ import multiprocess_worker as worker
 from test_sharding import assert_matches_reference, launch_worker, load, wait
 from test_sharding import logs as worker_logs
 
-MESH = "2x2"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,11 +38,12 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("order,mesh", [("process", MESH), ("interleaved", "4x1")])
+@pytest.mark.parametrize("order,mesh", [("interleaved", "4x1")])
 def test_two_processes_match_one_process(tmp_path, order, mesh):
-  """Devices in process order on a 2x2 mesh, and interleaved by process as on a TPU
-  slice on a 4x1 mesh: the data axis goes p0, p1, p0, p1, so process 0's rows of each
-  batch are two separate blocks."""
+  """Devices interleaved by process as on a TPU slice, on a 4x1 mesh: the data axis goes
+  p0, p1, p0, p1, so process 0's rows of each batch are two separate blocks. (Devices in
+  process order on a 2x2 mesh: the SIGKILL test's CLI run below, against the same
+  1-process reference.)"""
   coordinator = f"127.0.0.1:{free_port()}"
   extra = ["--interleave"] if order == "interleaved" else []
   procs = [launch_worker(tmp_path, mesh, 2, "--coordinator", coordinator, *extra,
@@ -181,7 +182,9 @@ def test_killing_one_process_ends_the_other_with_one_line_and_the_rerun_matches(
   from jaxprune.sharding import PEER_LOST_EXIT_CODE
   args, _, reference = one_process_prune_run
   workdir = tmp_path / "run"
-  args = [*args, "--config.heartbeat_timeout=10"]
+  # Devices in process order on a 2 (data) x 2 (model) mesh: each process holds one
+  # block of rows, and the model axis stays within a process.
+  args = [*args, "--config.heartbeat_timeout=10", "--config.mesh_shape=(2,2)"]
   procs = _two_processes(args, workdir, tmp_path)
   _wait_for_step(procs, workdir, 2, tmp_path)
   procs[1].kill()

@@ -4,9 +4,10 @@ run itself as on a slice).
 
 Each job must join the distributed run once (the demo trains twice), leave each file to
 one writer (``export`` and ``augment`` write on process 0 while the others wait), and
-end with status 0 on both workers. The prune job uses a ``(1, 4)`` mesh, whose ``model``
-axis spans the two processes: its pruning-event report and its export then need the
-arrays gathered across hosts (``sharding.to_host``, ``report.layer_counts``).
+end with status 0 on both workers. The prune mode runs as a job in
+tests/test_launch.py's babysit test (preempted, re-created, resumed), on a ``(1, 4)``
+mesh whose ``model`` axis spans the two processes: its pruning-event report and its
+export gather arrays across hosts (``sharding.to_host``, ``report.layer_counts``).
 """
 
 import json
@@ -64,25 +65,6 @@ def teacher(one_process_prune_run, pod) -> str:
   paths.upload(local / "hf", paths.path(f"{target}/hf"))
   paths.write_text(f"{target}/summary.json", (local / "summary.json").read_text())
   return target
-
-
-@pytest.mark.slow
-def test_prune_with_the_model_axis_across_hosts_on_the_pod(pod, tmp_path, teacher):
-  env, bucket = pod
-  workdir = f"{bucket}/prune"
-  _run(env, tmp_path, "--mode=prune", "--config=configs/tiny.py:steps=6,sparsity=0.75",
-       "--config.mesh_shape=(1,4)", f"--config.teacher={teacher}", f"--workdir={workdir}")
-  summary = _summary(workdir)
-  assert summary["mesh"] == {"data": 1, "model": 4}
-  assert summary["encoder_sparsity"] == pytest.approx(0.75)
-  from jaxprune import report
-  events = [r for r in report.read_metrics(f"{workdir}/metrics.jsonl")
-            if r["kind"] == "prune_event"]
-  assert events and events[-1]["total"] == pytest.approx(0.75)
-  from jaxprune import models
-  from jaxprune.masks import BERT_ENCODER_MATRICES, sparsity_report
-  _, params, _ = models.from_pretrained(f"{workdir}/hf")  # exported from 2 hosts' shards
-  assert sparsity_report(params, BERT_ENCODER_MATRICES).sparsity == pytest.approx(0.75)
 
 
 @pytest.mark.slow
