@@ -147,26 +147,27 @@ def test_sigterm_then_sigkill_then_resume_is_bitwise_exact(one_process_prune_run
 
 @pytest.mark.slow
 def test_bfloat16_mixed_precision_tracks_float32(teacher_dir, tmp_path):
-  """100 prune+distill steps with config.precision=bfloat16 follow the float32 losses
-  (measured on the 2-core CPU: median relative difference 0.05%, max 0.11%; asserted
-  with 5-10x margin), keep float32 params and optimizer state, and the exact sparsity."""
+  """40 prune+distill steps with config.precision=bfloat16 follow the float32 losses
+  (measured on the 2-core AMD CPU: median relative difference 0.06%, max 0.10%; 100
+  steps gave 0.05% and 0.11%; asserted with 8-10x margin), keep float32 params and
+  optimizer state, and the exact sparsity."""
   losses, summaries = {}, {}
   for precision in ("float32", "bfloat16"):
-    config = tiny_config("steps=100,sparsity=0.8")
+    config = tiny_config("steps=40,sparsity=0.8")
     config.teacher, config.precision = str(teacher_dir), precision
-    config.train.checkpoint_every = config.train.eval_every = 100
+    config.train.checkpoint_every = config.train.eval_every = 40
     summaries[precision] = trainer.train_and_evaluate(config, tmp_path / precision, "prune",
                                                       progress=False)
     rows = [json.loads(l) for l in (tmp_path / precision / "metrics.jsonl").open()]
     losses[precision] = np.array([r["loss"] for r in rows if r["kind"] == "train"])
   fp32, bf16 = losses["float32"], losses["bfloat16"]
-  assert len(fp32) == len(bf16) == 100 and np.all(np.isfinite(bf16))
+  assert len(fp32) == len(bf16) == 40 and np.all(np.isfinite(bf16))
   relative = np.abs(bf16 - fp32) / fp32
   print(f"bf16 vs fp32 loss: median {np.median(relative):.4f}, max {relative.max():.4f}")
   assert np.median(relative) < 0.005 and relative.max() < 0.01, relative
   assert not np.allclose(bf16, fp32, rtol=1e-6)  # it did compute in bfloat16
   assert summaries["bfloat16"]["encoder_sparsity"] == summaries["float32"]["encoder_sparsity"]
-  for path, x in _final_state(tmp_path / "bfloat16", 100):
+  for path, x in _final_state(tmp_path / "bfloat16", 40):
     if np.issubdtype(x.dtype, np.floating):
       assert x.dtype == np.float32, jax.tree_util.keystr(path)
 
