@@ -74,6 +74,11 @@ GOLDEN_CASES = {
                         "--workdir=gs://my-bucket/runs/p"],
     "logs_follow_all": ["logs", "pod", "--accelerator-type=v4-16", "--worker=all", "--follow"],
     "delete_queued": ["delete", "pod", "--queued"],
+    "create_multislice": ["create", "ms", "--accelerator-type=v5litepod-16", "--num-slices=2",
+                          "--spot"],
+    "run_multislice": ["run", "ms", "--accelerator-type=v4-16", "--num-slices=2",
+                       "--run-name=m1", "--env=MY_TAG=x", "--", "--mode=prune",
+                       "--workdir=gs://my-bucket/runs/ms"],
 }
 
 
@@ -138,6 +143,19 @@ def test_golden_commands_say_what_the_issue_asks(tmp_path):
   assert "DPkg::Lock::Timeout=600" in install and "--retries 10" in install
   follow = lines("logs_follow_all")
   assert [l[4] for l in follow] == ["describe", "ssh", "ssh"] and "tail -n +1 -F" in follow[2][-1]
+  multi = next(l for l in lines("create_multislice") if "create" in l)
+  assert multi[3:6] == ["queued-resources", "create", "ms"]  # --num-slices implies --queued
+  assert {"--node-count=2", "--node-prefix=ms", "--spot"} <= set(multi)
+  assert not any(a.startswith("--node-id") for a in multi)
+  runs = lines("run_multislice")  # every worker of every slice, slice after slice
+  assert [(l[5], l[8]) for l in runs] == [("ms-0", "--worker=0"), ("ms-0", "--worker=1"),
+                                          ("ms-1", "--worker=0"), ("ms-1", "--worker=1")]
+  for i, l in enumerate(runs):
+    job = l[-1]
+    assert (f"MEGASCALE_COORDINATOR_ADDRESS=<internal IP of ms-0 worker 0>" in job
+            and "MEGASCALE_NUM_SLICES=2" in job and "MEGASCALE_PORT=8080" in job
+            and f"MEGASCALE_SLICE_ID={i // 2}" in job and "MY_TAG=x" in job), job
+    assert f"gs://my-bucket/runs/ms/logs/worker-{i}.log" in job
 
 
 def test_runtime_version_per_generation_and_hosts():
@@ -241,8 +259,8 @@ def _calls(env: dict, *words: str) -> list[list[str]]:
   return [c for c in calls if all(w in c for w in words)]
 
 
-def _status(name: str, env: dict) -> str:
-  result = launcher("status", name, *WHERE, env=env)
+def _status(name: str, env: dict, *extra: str) -> str:
+  result = launcher("status", name, *WHERE, *extra, env=env)
   assert result.returncode == 0, result.stderr
   return result.stdout
 
@@ -402,42 +420,64 @@ def _checkpoint_steps(workdir: str) -> list[int]:
                  if (part := n[len(prefix) + len("/checkpoints/"):].split("/")[0]).isdigit()})
 
 
-@pytest.mark.slow
-def test_preemption_then_babysit_resumes_and_matches(reference, gcs_bucket, fake, tmp_path):
-  """A spot pod (2 workers x 2 CPU devices) preempted after its first checkpoint: babysit
-  re-creates it and the job resumes to the same masks and weights as 1 process x 4.
+def _wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 300):
+  deadline = time.time() + timeout
+  while not (value := condition()):
+    assert proc.poll() is None, f"babysit ended before {what}: " + str(proc.communicate())
+    assert time.time() < deadline, f"no {what} in {timeout} s"
+    time.sleep(0.3)
+  return value
 
-  The job's mesh is (1, 4): its ``model`` axis spans the two hosts, so the pruning-event
-  report (``report.layer_counts``) and the HF export (``sharding.to_host``) gather
-  arrays across processes."""
+
+@pytest.mark.slow
+def test_multislice_babysit_resumes_through_two_preemptions_and_matches(
+    reference, gcs_bucket, fake, tmp_path):
+  """Two spot slices (a multislice queued resource: 2 x v4-8, one worker x 2 CPU devices
+  each) preempted twice mid-job: babysit deletes the SUSPENDED resource, re-creates both
+  slices, and the job resumes each time to the same masks and weights as 1 process x 4.
+
+  The job's mesh is (1, 4): its ``model`` axis spans the two slices' hosts, so the
+  pruning-event report (``report.layer_counts``) and the HF export (``sharding.to_host``)
+  gather arrays across processes."""
   from jaxprune import paths
   from jaxprune import report
   env = dict(_pod_env(fake), FAKE_GCLOUD_PREEMPT_GRACE="30")
+  state = Path(env["FAKE_GCLOUD_STATE"])
   workdir = f"{gcs_bucket}/launch/babysat"
   args, _, _ = reference
   babysit = subprocess.Popen(
       [sys.executable, "-m", "jaxprune.launch", "babysit", "spotpod", *WHERE,
-       "--accelerator-type=v4-16", "--spot", "--local", "--retries=2", "--run-name=r1",
-       "--", *args, "--config.mesh_shape=(1,4)", f"--workdir={workdir}"],
+       "--accelerator-type=v4-8", "--num-slices=2", "--spot", "--local", "--retries=2",
+       "--run-name=r1", "--poll=0.2", "--", *args, "--config.mesh_shape=(1,4)",
+       "--config.preemption_check_every=1",  # stop at the next step, not at step 10
+       f"--workdir={workdir}"],
       cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  while not _checkpoint_steps(workdir):  # the first checkpoint is there: preempt the VM
-    assert babysit.poll() is None and time.time() < deadline, babysit.communicate()
-    time.sleep(0.3)
-  trigger = Path(env["FAKE_GCLOUD_STATE"]) / "vms" / "spotpod.preempt"
-  trigger.write_text("")  # the spot VM is preempted now
+  newest = 0
+  for victim in ("spotpod-0", "spotpod-1"):
+    # A checkpoint newer than any of the attempt before: this attempt has trained.
+    _wait_for(lambda: max(_checkpoint_steps(workdir), default=0) > newest,
+              f"checkpoint after step {newest}", babysit)
+    trigger = state / "vms" / f"{victim}.preempt"
+    trigger.write_text("")  # this slice is preempted now (and the resource with it)
+    # The fake takes the trigger away as it starts, the lock once every slice is deleted.
+    _wait_for(lambda: not trigger.exists() and
+              not (state / "vms" / f"{victim}.preempting").exists(),
+              f"preemption of {victim}", babysit)
+    newest = max(_checkpoint_steps(workdir))  # the preempted attempt saved its last here
   out, err = babysit.communicate(timeout=600)
   assert babysit.returncode == 0, err + out[-3000:]
-  assert not trigger.exists()
-  assert "attempt 1/3 interrupted (VM PREEMPTED, exit status 255); resuming" in err
-  assert len(_calls(env, "tpu-vm", "create", "spotpod")) == 2  # re-created once
-  assert len(_calls(env, "tpu-vm", "delete", "spotpod")) == 1
+  for attempt in (1, 2):
+    assert re.search(rf"attempt {attempt}/3 interrupted \(VMs spotpod-0 \w+, spotpod-1 \w+, "
+                     r"exit status (255|75|4)\); resuming", err), err
+  assert err.count("queued resource SUSPENDED: deleting it to create it again") == 2, err
+  assert len(_calls(env, "queued-resources", "create", "--node-count=2")) == 3
+  assert len(_calls(env, "queued-resources", "delete", "spotpod")) == 2
   rows = report.read_metrics(f"{workdir}/metrics.jsonl")
   preempted = [r["step"] for r in rows if r["kind"] == "preempted"]
-  assert len(preempted) == 1 and 0 < preempted[0] < STEPS, preempted
+  assert len(preempted) == 2 and 0 < preempted[0] < preempted[1] < STEPS, preempted
   logs = tmp_path / "logs" / "spotpod" / "r1"
   worker0, worker1 = ((logs / f"worker-{i}.log").read_text() for i in range(2))
-  assert "=== jaxprune-tpu: attempt 2/3 ===" in worker0 and worker1.strip()
+  assert "=== jaxprune-tpu: attempt 3/3 ===" in worker0 and worker1.strip()
   assert worker0.splitlines()[-1] in out  # worker 0's output streamed to the terminal too
   assert "spotpod: the job ended well on 2 workers" in err
   summary = json.loads(paths.read_text(f"{workdir}/summary.json"))
@@ -447,7 +487,7 @@ def test_preemption_then_babysit_resumes_and_matches(reference, gcs_bucket, fake
   assert events and events[-1]["total"] == pytest.approx(summary["encoder_sparsity"])
   # create + setup + run (babysit runs the same three) give the 1-process result.
   worst = _compare(reference, workdir)
-  print(f"\npreempted at step {preempted[0]}, resumed by babysit: masks identical, largest "
+  print(f"\npreempted at steps {preempted}, resumed by babysit: masks identical, largest "
         f"relative difference of an exported tensor {worst:.2e}")
 
 
@@ -458,46 +498,52 @@ def test_a_detached_job_outlives_the_launcher_and_is_watched_and_stopped(
   step and loss; a launcher killed while streaming leaves the job running; a `run` of
   another run name refuses to start over it (a retried ssh never kills a live job);
   `stop` makes every worker save and exit 75 and says so; the log reaches
-  <workdir>/logs in the bucket; `logs --follow` of an ended job prints it and returns."""
+  <workdir>/logs in the bucket; `logs --follow` of an ended job prints it and returns.
+
+  On two slices (``--num-slices=2``, 2 x v4-8: one worker each): every command reaches
+  the workers of both, numbered slice after slice."""
   env = dict(_pod_env(fake), JAXPRUNE_GLUE_DIR=str(glue_dir))
-  for step in (["create", "pod", *WHERE, "--accelerator-type=v4-16"],
-               ["setup", "pod", *WHERE, "--local"]):
+  slices = ["--num-slices=2"]
+  for step in (["create", "pod", *WHERE, "--accelerator-type=v4-8", *slices, "--poll=0.05"],
+               ["setup", "pod", *WHERE, "--local", *slices]):
     assert launcher(*step, env=env).returncode == 0
   workdir = f"{gcs_bucket}/launch/detached"
   job = ["--", "--mode=finetune", "--config=configs/tiny.py:steps=400",
          "--config.finetune.checkpoint_every=50", f"--workdir={workdir}"]
   start = time.time()
-  started = launcher("run", "pod", *WHERE, "--run-name=a", "--detach", *job, env=env,
-                     cwd=tmp_path)
+  started = launcher("run", "pod", *WHERE, "--run-name=a", "--detach", *slices, *job,
+                     env=env, cwd=tmp_path)
   assert started.returncode == 0 and time.time() - start < 60, started.stderr
   assert "job a started on 2 workers, detached" in started.stderr
   deadline = time.time() + 180
-  while not re.search(r"worker 0: running \(run a\), step ([3-9]|\d\d+)/400",
-                      shown := _status("pod", env)):
+  while not re.search(r"worker 0 \(pod-0 worker 0\): running \(run a\), step ([3-9]|\d\d+)/400",
+                      shown := _status("pod", env, *slices)):
     assert time.time() < deadline, shown
     time.sleep(1)
-  assert "worker 1: running (run a)" in shown
+  assert "worker 1 (pod-1 worker 0): running (run a)" in shown
+  assert "pod-1: READY v4-8 1 workers" in shown and "queued resource ACTIVE" in shown
   attached = subprocess.Popen([sys.executable, "-m", "jaxprune.launch", "run", "pod", *WHERE,
-                               "--run-name=a", f"--logs-dir={tmp_path / 'logs'}", *job],
+                               "--run-name=a", f"--logs-dir={tmp_path / 'logs'}", *slices,
+                               *job],
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
   assert "attaching to the running job a" in attached.stdout.readline()
   attached.kill()  # the launcher dies; the job must not
   attached.wait()
   time.sleep(2)
-  assert "worker 0: running (run a)" in _status("pod", env)
-  other = launcher("run", "pod", *WHERE, "--run-name=b", *job, env=env, cwd=tmp_path)
+  assert "worker 0 (pod-0 worker 0): running (run a)" in _status("pod", env, *slices)
+  other = launcher("run", "pod", *WHERE, "--run-name=b", *slices, *job, env=env, cwd=tmp_path)
   assert other.returncode == 3, other.stderr
   assert "job a is still running on this worker" in other.stderr
-  stopped = launcher("stop", "pod", *WHERE, "--grace=120", env=env)
+  stopped = launcher("stop", "pod", *WHERE, "--grace=120", *slices, env=env)
   assert stopped.returncode == 0, stopped.stderr
   assert stopped.stdout.splitlines() == ["worker 0: job a: exit status 75",
                                          "worker 1: job a: exit status 75"]
-  assert "worker 0: exit 75 (run a)" in _status("pod", env)
+  assert "worker 1 (pod-1 worker 0): exit 75 (run a)" in _status("pod", env, *slices)
   from jaxprune import paths
   copied = paths.read_text(f"{workdir}/logs/worker-0.log")
   assert "jaxprune: preempted at step" in copied
-  followed = launcher("logs", "pod", *WHERE, "--follow", env=env)
+  followed = launcher("logs", "pod", *WHERE, "--follow", *slices, env=env)
   assert followed.returncode == 0 and "jaxprune: preempted at step" in followed.stdout
 
 
@@ -572,3 +618,20 @@ def test_babysit_replaces_a_suspended_queued_resource_whose_vm_is_gone(fake, gcs
   assert result.returncode == 2, result.stderr
   assert "queued resource SUSPENDED: deleting it to create it again" in result.stderr
   assert len(_calls(env, "queued-resources", "create")) == 2
+
+
+@pytest.mark.slow
+def test_babysit_replaces_a_preempted_spot_vm(fake, gcs_bucket, tmp_path):
+  """A plain spot VM (no queued resource) PREEMPTED: babysit deletes the VM and creates
+  it again (``tpu-vm delete``, ``tpu-vm create``)."""
+  env = _pod_env(fake)
+  assert launcher("create", "pod", *WHERE, "--accelerator-type=v4-16", "--spot",
+                  env=env).returncode == 0
+  (Path(env["FAKE_GCLOUD_STATE"]) / "vms" / "pod.preempt").write_text("")
+  assert "pod: PREEMPTED v4-16 2 workers" in _status("pod", env)
+  result = _babysit_quick(env, tmp_path, "--spot")
+  assert result.returncode == 2, result.stderr  # the job's own failure: not retried
+  assert "pod: VM PREEMPTED: deleting it to create it again" in result.stderr
+  assert len(_calls(env, "tpu-vm", "delete", "pod")) == 1
+  assert len(_calls(env, "tpu-vm", "create", "pod")) == 2
+  assert not _calls(env, "queued-resources", "create")

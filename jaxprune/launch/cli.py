@@ -1,6 +1,7 @@
 """jaxprune-tpu: start, watch, resume and tear down jaxprune jobs on Cloud TPU VMs.
 
   jaxprune-tpu create NAME --accelerator-type=v4-32 [--spot|--reserved] [--queued [--valid-until=6h]]
+  jaxprune-tpu create NAME --accelerator-type=v5litepod-256 --num-slices=4 --spot   # multislice
   jaxprune-tpu setup NAME --local | --ref=GIT_REF
   jaxprune-tpu run NAME -- --mode=prune --config=configs/reference.py --workdir=gs://BUCKET/run
   jaxprune-tpu babysit NAME --accelerator-type=v4-32 --spot --local -- <jaxprune flags>
@@ -90,6 +91,9 @@ flags.DEFINE_string("scopes", None, "create: the VMs' access scopes (e.g. cloud-
                     flag_values=FLAGS)
 flags.DEFINE_string("labels", None, "create: labels, k=v,k2=v2 (cost tracking).",
                     flag_values=FLAGS)
+flags.DEFINE_integer("num-slices", 1, "Multislice: this many slices of --accelerator-type "
+                     "(one queued resource NAME, VMs NAME-0 ...; implies --queued); give it "
+                     "to every command that acts on them.", flag_values=FLAGS)
 flags.DEFINE_multi_string("env", [], "run/babysit: KEY=VALUE in the job's environment on "
                           "every worker (repeatable).", flag_values=FLAGS)
 
@@ -99,17 +103,18 @@ _CREATE = {"accelerator-type", "runtime-version", "spot", "reserved", "queued", 
 _SETUP = {"local", "ref", "repo", "extras", "jax-version"}
 _RUN = {"bucket", "accelerator-type", "run-name", "logs-dir", "grace", "restart", "env"}
 _COMMON = {"project", "zone", "dry-run", "settings", "internal-ip"}
+_SLICES = {"num-slices"}  # every command that acts on the VMs but ssh
 # The flags each subcommand takes.
 ALLOWED = {
-    "create": _CREATE,
-    "setup": _SETUP,
-    "run": _RUN | {"detach"},
-    "babysit": _CREATE | _SETUP | _RUN | {"retries", "setup-retries"},
-    "status": {"queued", "logs-dir", "accelerator-type"},
-    "logs": {"run-name", "logs-dir", "worker", "follow", "accelerator-type"},
-    "stop": {"worker", "grace", "accelerator-type"},
-    "ssh": {"worker"},
-    "delete": {"yes", "queued"},
+    "create": _CREATE | _SLICES,
+    "setup": _SETUP | _SLICES,
+    "run": _RUN | _SLICES | {"detach"},
+    "babysit": _CREATE | _SETUP | _RUN | _SLICES | {"retries", "setup-retries"},
+    "status": _SLICES | {"queued", "logs-dir", "accelerator-type"},
+    "logs": _SLICES | {"run-name", "logs-dir", "worker", "follow", "accelerator-type"},
+    "stop": _SLICES | {"worker", "grace", "accelerator-type"},
+    "ssh": {"worker"},  # a slice of a multislice job by its VM name: ssh NAME-1
+    "delete": _SLICES | {"yes", "queued"},
 }
 
 
@@ -130,6 +135,7 @@ def _options(rest: list[str]) -> commands.Options:
       logs_dir=value("logs-dir"), worker=value("worker"), grace=value("grace"),
       detach=value("detach"), restart=value("restart"), follow=value("follow"),
       env=list(value("env")), internal_ip=value("internal-ip"),
+      num_slices=value("num-slices"),
       network=gcloud.Network(internal_ips=value("internal-ip"), network=value("network"),
                              subnetwork=value("subnetwork"),
                              service_account=value("service-account"),

@@ -6,6 +6,13 @@ Each takes the TPU's name, the parsed :class:`Options`, the resolved settings an
 (``describe``) are assumed: the VM does not exist yet, then is READY with the workers
 of ``--accelerator-type``; a queued resource only when ``--queued``.
 
+``--num-slices=N`` (multislice): one queued resource NAME whose slices are the TPU VMs
+``NAME-0`` ... ``NAME-<N-1>``, each of ``--accelerator-type``. Every command that takes
+the flag acts on all of them: the job runs on every worker of every slice (worker
+numbers count slice after slice), with JAX's multislice environment
+(``remote.multislice_env``); the data axis of the mesh crosses the slices
+(``sharding.make_mesh``).
+
 Example::
 
   opts = Options(accelerator_type="v4-32", capacity="spot", queued=True)
@@ -66,8 +73,15 @@ class Options:
   env: list[str] = dataclasses.field(default_factory=list)
   network: gcloud.Network = gcloud.Network()
   internal_ip: bool = False
+  num_slices: int = 1
   # Everything after `--`: the jaxprune flags (run, babysit) or a command (ssh).
   rest: list[str] = dataclasses.field(default_factory=list)
+
+  def __post_init__(self):
+    if self.num_slices < 1:
+      raise LaunchError(f"--num-slices={self.num_slices}: expected 1 or more")
+    if self.num_slices > 1:
+      self.queued = True  # multislice exists only as a queued resource
 
 
 def _say(message: str) -> None:
@@ -92,6 +106,17 @@ def describe(name: str, where: gcloud.Where, runner: Runner) -> dict:
   if "NOT_FOUND" in result.stderr or "not found" in result.stderr.lower():
     return {"state": "NOT_FOUND"}
   raise LaunchError(f"gcloud could not describe {name}: {gcloud_error(result.stderr)}")
+
+
+def _slices(name: str, opts: Options) -> list[str]:
+  return gcloud.slice_names(name, opts.num_slices)
+
+
+def _states_text(nodes: list[str], states: list[str]) -> str:
+  """``VM READY``, or per slice ``VMs pod-0 READY, pod-1 NOT_FOUND``."""
+  if len(nodes) == 1:
+    return f"VM {states[0]}"
+  return "VMs " + ", ".join(f"{n} {st}" for n, st in zip(nodes, states))
 
 
 def _queued_state(name: str, where: gcloud.Where, runner: Runner, dry_exists: bool) -> str:
@@ -151,7 +176,8 @@ def _request(name: str, opts: Options, s: Settings, runner: Runner) -> None:
   runtime = opts.runtime_version or acc.runtime_version
   if opts.queued:
     args = gcloud.create_queued(name, where, acc.name, runtime, opts.capacity,
-                                opts.valid_until, network=opts.network)
+                                opts.valid_until, network=opts.network,
+                                node_count=opts.num_slices)
   else:
     args = gcloud.create_vm(name, where, acc.name, runtime, opts.capacity,
                             network=opts.network)
@@ -187,22 +213,26 @@ def create(name: str, opts: Options, s: Settings, runner: Runner) -> int:
   where, acc = _where(s, opts), _accelerator(opts, s)
   if opts.valid_until and not opts.queued:
     raise LaunchError("--valid-until applies to queued resources: add --queued")
-  found = describe(name, where, runner)
-  if found["state"] == "READY":
-    if found.get("acceleratorType") not in (None, acc.name):
-      raise LaunchError(f"{name} exists as a {found['acceleratorType']}, not a {acc.name}: "
-                        "delete it first or pick another name")
+  nodes = _slices(name, opts)
+  found = [describe(n, where, runner) for n in nodes]
+  if all(f["state"] == "READY" for f in found):
+    for n, f in zip(nodes, found):
+      if f.get("acceleratorType") not in (None, acc.name):
+        raise LaunchError(f"{n} exists as a {f['acceleratorType']}, not a {acc.name}: "
+                          "delete it first or pick another name")
     _say(f"{name}: already READY, reusing it")
     return 0
-  if found["state"] != "NOT_FOUND":
-    raise LaunchError(f"{name} exists and is {found['state']}: `jaxprune-tpu delete {name}` "
-                      "first (babysit does this by itself)")
+  for n, f in zip(nodes, found):
+    if f["state"] != "NOT_FOUND":
+      raise LaunchError(f"{n} exists and is {f['state']}: `jaxprune-tpu delete {name}` "
+                        "first (babysit does this by itself)")
   runtime = opts.runtime_version or acc.runtime_version
   _request(name, opts, s, runner)
   if opts.queued:
     _wait_until_active(name, where, opts, runner)
-  _say(f"{name}: {acc.name} {'would be created' if runner.dry_run else 'created'} "
-       f"({acc.hosts} worker{'s' * (acc.hosts > 1)}, {runtime}, "
+  slices = f"{opts.num_slices} slices of " if opts.num_slices > 1 else ""
+  _say(f"{name}: {slices}{acc.name} {'would be created' if runner.dry_run else 'created'} "
+       f"({acc.hosts} worker{'s' * (acc.hosts > 1)}{' each' * bool(slices)}, {runtime}, "
        f"{opts.capacity}{', queued' if opts.queued else ''})")
   return 0
 
@@ -218,23 +248,25 @@ def _ensure_ready(name: str, opts: Options, s: Settings, runner: Runner) -> None
   if runner.dry_run:
     create(name, opts, s, runner)
     return
-  where, said = _where(s, opts), None
+  where, said, nodes = _where(s, opts), None, _slices(name, opts)
   while True:
-    vm = describe(name, where, runner)["state"]
-    if vm == "READY":
+    vms = [describe(n, where, runner)["state"] for n in nodes]
+    if all(vm == "READY" for vm in vms):
       return
     queued = _queued_state(name, where, runner, dry_exists=opts.queued)
-    state = f"VM {vm}" + (f", queued resource {queued}" if queued != "NOT_FOUND" else "")
-    if vm in WAIT_VM or queued in WAIT_QUEUED or (queued == "ACTIVE" and vm == "NOT_FOUND"):
+    state = _states_text(nodes, vms) + (f", queued resource {queued}"
+                                        if queued != "NOT_FOUND" else "")
+    if any(vm in WAIT_VM for vm in vms) or queued in WAIT_QUEUED or (
+        queued == "ACTIVE" and "NOT_FOUND" in vms):
       if state != said:
         _say(f"{name}: {state}; waiting (checks every {opts.poll:.0f} s)")
       said = state
       time.sleep(opts.poll)
-    elif vm in GONE or queued in GONE_QUEUED:
+    elif any(vm in GONE for vm in vms) or queued in GONE_QUEUED:
       _say(f"{name}: {state}: deleting it to create it again")
-      _delete(name, where, runner, queued=queued != "NOT_FOUND")
+      _delete(name, nodes, where, runner, queued=queued != "NOT_FOUND")
       said = None
-    elif vm == "NOT_FOUND" and queued == "NOT_FOUND":
+    elif all(vm == "NOT_FOUND" for vm in vms) and queued == "NOT_FOUND":
       _request(name, opts, s, runner)
       said = None
     else:
@@ -254,24 +286,45 @@ def setup(name: str, opts: Options, s: Settings, runner: Runner) -> int:
   else:
     repo, = s.require("repo")
     stamp = source.stamp(f"{repo}@{opts.ref}", jax_version, opts.extras)
-  check = runner.run(gcloud.ssh(name, where, "all", remote.check_script(stamp)),
-                     dry=Result(1))
-  if check.ok:
+  nodes = _slices(name, opts)
+  checks = _each(runner, nodes, lambda n: runner.run(
+      gcloud.ssh(n, where, "all", remote.check_script(stamp)), dry=Result(1)))
+  todo = [n for n, check in zip(nodes, checks) if not check.ok]
+  if not todo:
     _say(f"{name}: jaxprune {stamp} already installed on every worker")
     return 0
   if opts.local:
     local = Path(tempfile.gettempdir()) / f"jaxprune-src-{stamp}.tar.gz"
     if not runner.dry_run:
       local.write_bytes(tarball)
-    copied = runner.run(gcloud.scp(str(local), name, remote.TARBALL, where))
-    if not copied.ok:
-      raise LaunchError(f"could not copy the code to {name}: {gcloud_error(copied.stderr)}")
+    for n, copied in zip(todo, _each(runner, todo, lambda n: runner.run(
+        gcloud.scp(str(local), n, remote.TARBALL, where)))):
+      if not copied.ok:
+        raise LaunchError(f"could not copy the code to {n}: {gcloud_error(copied.stderr)}")
   script = remote.install_script(stamp, jax_version, opts.extras, local=opts.local,
                                  repo=None if opts.local else repo, ref=opts.ref)
-  if not runner.run(gcloud.ssh(name, where, "all", script), stream=True).ok:
-    raise LaunchError(f"setup failed on {name} (its output is above)")
+  installs = _each(runner, todo, lambda n: runner.run(gcloud.ssh(n, where, "all", script),
+                                                      stream=True))
+  failed = [n for n, result in zip(todo, installs) if not result.ok]
+  if failed:
+    raise LaunchError(f"setup failed on {', '.join(failed)} (the output is above)")
   _say(f"{name}: jaxprune {stamp} installed on every worker")
   return 0
+
+
+def _each(runner: Runner, items: list, fn) -> list:
+  """``fn(item)`` for every item, in parallel threads (in order under --dry-run, so
+  that the printed commands come in a fixed order); the results in item order."""
+  if runner.dry_run or len(items) == 1:
+    return [fn(item) for item in items]
+  results: dict[int, object] = {}
+  threads = [threading.Thread(target=lambda i, item: results.__setitem__(i, fn(item)),
+                              args=(i, item)) for i, item in enumerate(items)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  return [results[i] for i in range(len(items))]
 
 
 def _workdir(flags: list[str]) -> str | None:
@@ -306,16 +359,30 @@ def job_flags(name: str, opts: Options, s: Settings) -> list[str]:
   return flags
 
 
-def _workers(name: str, where: gcloud.Where, opts: Options, s: Settings,
-             runner: Runner) -> int:
+def _ready(name: str, where: gcloud.Where, opts: Options, s: Settings,
+           runner: Runner) -> list[dict]:
+  """The descriptions of the slices (one unless --num-slices), all READY, else a
+  one-line error. Under --dry-run: READY with ``--accelerator-type``'s workers."""
+  nodes = _slices(name, opts)
   if runner.dry_run:
-    return _accelerator(opts, s).hosts
-  found = describe(name, where, runner)
-  if found["state"] != "READY":
-    raise LaunchError(f"{name} is {found['state']}, not READY" + (
-        f": `jaxprune-tpu create {name}` first" if found["state"] == "NOT_FOUND" else
-        f"; `jaxprune-tpu babysit {name}` re-creates it and resumes"))
-  return len(found.get("networkEndpoints") or [{}])
+    hosts = _accelerator(opts, s).hosts
+    return [{"state": "READY", "networkEndpoints": [
+        {"ipAddress": f"<internal IP of {n} worker {i}>"} for i in range(hosts)]}
+        for n in nodes]
+  found = [describe(n, where, runner) for n in nodes]
+  for n, f in zip(nodes, found):
+    if f["state"] != "READY":
+      raise LaunchError(f"{n} is {f['state']}, not READY" + (
+          f": `jaxprune-tpu create {name}` first" if f["state"] == "NOT_FOUND" else
+          f"; `jaxprune-tpu babysit {name}` re-creates it and resumes"))
+  return found
+
+
+def _targets(name: str, where: gcloud.Where, opts: Options, s: Settings, runner: Runner
+             ) -> list[tuple[str, int]]:
+  """Every worker of every slice, in process order: ``(VM name, worker index)``."""
+  return [(n, i) for n, found in zip(_slices(name, opts), _ready(name, where, opts, s, runner))
+          for i in range(len(found.get("networkEndpoints") or [{}]))]
 
 
 def _run_name(opts: Options) -> str:
@@ -344,14 +411,23 @@ def run(name: str, opts: Options, s: Settings, runner: Runner, marker: str | Non
   --follow`, `status`, `stop` reach it; the same `run` command re-attaches)."""
   flags, where = job_flags(name, opts, s), _where(s, opts)
   env = _job_env(opts)
-  count = _workers(name, where, opts, s, runner)
+  nodes, found = _slices(name, opts), _ready(name, where, opts, s, runner)
+  targets = [(n, i) for n, f in zip(nodes, found)
+             for i in range(len(f.get("networkEndpoints") or [{}]))]
+  count = len(targets)
   run_name = _run_name(opts)
   log_dir = Path(opts.logs_dir) / name / run_name
   workdir = _workdir(flags)
-  script = lambda i: remote.job_script(  # noqa: E731
-      flags, run_name, grace_s=opts.grace, env=env, restart=opts.restart,
-      detach=opts.detach, log_copy=f"{workdir.rstrip('/')}/logs/worker-{i}.log")
-  outcome = workers.run_all(runner, name, where, count, script, log_dir, grace_s=opts.grace,
+  coordinator = (found[0].get("networkEndpoints") or [{}])[0].get("ipAddress", "")
+
+  def script(i: int) -> str:
+    slice_env = {} if len(nodes) == 1 else remote.multislice_env(
+        nodes.index(targets[i][0]), len(nodes), coordinator)
+    return remote.job_script(
+        flags, run_name, grace_s=opts.grace, env={**slice_env, **env}, restart=opts.restart,
+        detach=opts.detach, log_copy=f"{workdir.rstrip('/')}/logs/worker-{i}.log")
+
+  outcome = workers.run_all(runner, targets, where, script, log_dir, grace_s=opts.grace,
                             marker=marker)
   if outcome.failed is None:
     if opts.detach and not runner.dry_run:
@@ -377,21 +453,17 @@ def _on_workers(name: str, opts: Options, s: Settings, runner: Runner, script: s
   """``script`` on the chosen workers (``--worker``, default all), one ssh each, in
   parallel; their results in worker order."""
   where = _where(s, opts)
-  count = _workers(name, where, opts, s, runner)
-  chosen = range(count) if (opts.worker or "all") == "all" else [int(opts.worker)]
-  results: dict[int, Result] = {}
-  one = lambda i: results.__setitem__(  # noqa: E731
-      i, runner.run(gcloud.ssh(name, where, str(i), script), dry=Result(0, "")))
-  if runner.dry_run:  # printed in worker order
-    for i in chosen:
-      one(i)
-  else:
-    threads = [threading.Thread(target=one, args=(i,)) for i in chosen]
-    for t in threads:
-      t.start()
-    for t in threads:
-      t.join()
-  return [results[i] for i in chosen]
+  targets = _targets(name, where, opts, s, runner)
+  chosen = targets if (opts.worker or "all") == "all" else [targets[_worker(opts, targets)]]
+  return _each(runner, chosen, lambda t: runner.run(gcloud.ssh(t[0], where, str(t[1]), script),
+                                                    dry=Result(0, "")))
+
+
+def _worker(opts: Options, targets: list) -> int:
+  """``--worker=i`` as an index into ``targets``, checked."""
+  if not opts.worker.isdigit() or int(opts.worker) >= len(targets):
+    raise LaunchError(f"--worker={opts.worker}: expected all or a number below {len(targets)}")
+  return int(opts.worker)
 
 
 def stop(name: str, opts: Options, s: Settings, runner: Runner) -> int:
@@ -439,11 +511,13 @@ def babysit(name: str, opts: Options, s: Settings, runner: Runner) -> int:
     code = run(name, opts, s, runner, marker=f"attempt {attempt}/{tries}")
     if code == 0 or runner.dry_run:
       return code
-    state = describe(name, where, runner)["state"]
+    nodes = _slices(name, opts)
+    states = [describe(n, where, runner)["state"] for n in nodes]
     if code not in (workers.PREEMPTED_EXIT_CODE, workers.SSH_LOST_EXIT_CODE,
-                    workers.PEER_LOST_EXIT_CODE) and state == "READY":
+                    workers.PEER_LOST_EXIT_CODE) and all(st == "READY" for st in states):
       return code  # the job itself failed: retrying would fail again
-    _say(f"{name}: attempt {attempt}/{tries} interrupted (VM {state}, exit status {code}); "
+    _say(f"{name}: attempt {attempt}/{tries} interrupted ({_states_text(nodes, states)}, "
+         f"exit status {code}); "
          + ("resuming" if attempt < tries else "no tries left"))
   raise LaunchError(f"{name}: the job did not finish in {tries} tries (--retries={opts.retries})")
 
@@ -457,10 +531,11 @@ def status(name: str | None, opts: Options, s: Settings, runner: Runner) -> int:
       raise LaunchError(f"gcloud could not list TPU VMs: {gcloud_error(result.stderr)}")
     nodes = result.json() or []
   else:
-    nodes = [dict(describe(name, where, runner), name=name)]
+    nodes = [dict(describe(n, where, runner), name=n) for n in _slices(name, opts)]
   for node in nodes:
     short = node.get("name", "").rsplit("/", 1)[-1]
-    queued = _queued_state(short, where, runner, dry_exists=opts.queued)
+    queued = _queued_state(short if name is None or opts.num_slices == 1 else name, where,
+                           runner, dry_exists=opts.queued)
     if node.get("state") == "NOT_FOUND":
       print(f"{short}: not found in {where.zone}" if queued == "NOT_FOUND" else
             f"{short}: no TPU VM yet, queued resource {queued}")
@@ -473,14 +548,16 @@ def status(name: str | None, opts: Options, s: Settings, runner: Runner) -> int:
             f"{node.get('runtimeVersion')} {capacity}")
     if queued != "NOT_FOUND":
       line += f", queued resource {queued}"
-    runs = sorted((Path(opts.logs_dir) / short).glob("*/worker-0.log"))
+    runs = sorted((Path(opts.logs_dir) / (name or short)).glob("*/worker-0.log"))
     if runs:
       line += f", latest logs {runs[-1].parent}"
     print(line)
-    if name is not None and node.get("state") == "READY":
-      for i, result in enumerate(_on_workers(short, opts, s, runner, remote.status_script())):
-        print(f"  worker {i}: " + (_job_status(result.stdout) if result.ok else
-                                    f"unreachable ({gcloud_error(result.stderr)})"))
+  if name is not None and all(node.get("state") == "READY" for node in nodes):
+    targets = _targets(name, where, opts, s, runner)
+    for i, result in enumerate(_on_workers(name, opts, s, runner, remote.status_script())):
+      where_i = f" ({targets[i][0]} worker {targets[i][1]})" if opts.num_slices > 1 else ""
+      print(f"  worker {i}{where_i}: " + (_job_status(result.stdout) if result.ok else
+                                           f"unreachable ({gcloud_error(result.stderr)})"))
   return 0
 
 
@@ -490,13 +567,15 @@ def logs(name: str, opts: Options, s: Settings, runner: Runner) -> int:
   copy that ``run`` streamed into ``--logs-dir`` is shown instead."""
   worker = opts.worker or "0"
   where = _where(s, opts)
-  if describe(name, where, runner)["state"] == "READY" or runner.dry_run:
+  if all([describe(n, where, runner)["state"] == "READY" for n in _slices(name, opts)]) \
+      or runner.dry_run:
     opts.worker = worker
     script = remote.logs_script(follow=opts.follow)
     if opts.follow or worker != "all":
-      count = _workers(name, where, opts, s, runner)
-      chosen = range(count) if worker == "all" else [int(worker)]
-      procs = [runner.start(gcloud.ssh(name, where, str(i), script)) for i in chosen]
+      targets = _targets(name, where, opts, s, runner)
+      chosen = range(len(targets)) if worker == "all" else [_worker(opts, targets)]
+      procs = [runner.start(gcloud.ssh(targets[i][0], where, str(targets[i][1]), script))
+               for i in chosen]
       if runner.dry_run:
         return 0
       streams = [threading.Thread(target=_prefixed, args=(p.stdout, f"[worker {i}] "
@@ -553,13 +632,16 @@ def ssh(name: str, opts: Options, s: Settings, runner: Runner) -> int:
   return runner.interactive(args) if command is None else runner.run(args, stream=True).returncode
 
 
-def _delete(name: str, where: gcloud.Where, runner: Runner, queued: bool) -> None:
+def _delete(name: str, nodes: list[str], where: gcloud.Where, runner: Runner,
+            queued: bool) -> None:
+  """Deletes the queued resource ``name`` (and its VMs), or else the VMs ``nodes``."""
   if _queued_state(name, where, runner, dry_exists=queued) != "NOT_FOUND":
-    result = runner.run(gcloud.delete_queued(name, where))
+    results = [(name, runner.run(gcloud.delete_queued(name, where)))]
   else:
-    result = runner.run(gcloud.delete_vm(name, where))
-  if not result.ok:
-    raise LaunchError(f"gcloud could not delete {name}: {gcloud_error(result.stderr)}")
+    results = [(n, runner.run(gcloud.delete_vm(n, where))) for n in nodes]
+  for n, result in results:
+    if not result.ok:
+      raise LaunchError(f"gcloud could not delete {n}: {gcloud_error(result.stderr)}")
 
 
 def delete(name: str, opts: Options, s: Settings, runner: Runner) -> int:
@@ -572,7 +654,7 @@ def delete(name: str, opts: Options, s: Settings, runner: Runner) -> int:
     if answer.strip().lower() not in ("y", "yes"):
       _say("not deleted")
       return 1
-  _delete(name, where, runner, queued=opts.queued)
+  _delete(name, _slices(name, opts), where, runner, queued=opts.queued)
   _say(f"{name}: deleted")
   return 0
 

@@ -2,7 +2,9 @@
 
 Nothing here runs anything: ``runner.py`` does, and ``--dry-run`` prints these lists
 (tests/fixtures/launch/ keeps them as goldens). A queued resource and the TPU VM it
-creates share one name (``--node-id`` = the queued resource's name).
+creates share one name (``--node-id`` = the queued resource's name); a multislice
+request (``node_count`` > 1) creates the slices ``NAME-0`` ... ``NAME-<N-1>``
+(``--node-prefix=NAME``), see :func:`slice_names`.
 
 Example::
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["Where", "Network", "create_vm", "create_queued", "describe_vm", "describe_queued",
+__all__ = ["Where", "Network", "slice_names", "create_vm", "create_queued", "describe_vm", "describe_queued",
            "delete_vm", "delete_queued", "list_vms", "ssh", "scp", "CAPACITIES"]
 
 TPUS = ["gcloud", "compute", "tpus"]
@@ -61,6 +63,16 @@ class Network:
              *(f"--{flag}={value}" for flag, value in named if value)])
 
 
+def slice_names(name: str, num_slices: int = 1) -> list[str]:
+  """The TPU VMs of ``name``: itself, or the slices a multislice queued resource creates.
+
+  Example: ``slice_names("pod", 2) == ["pod-0", "pod-1"]``; ``slice_names("pod") == ["pod"]``.
+  """
+  if num_slices < 1:
+    raise ValueError(f"num_slices={num_slices}: expected 1 or more")
+  return [name] if num_slices == 1 else [f"{name}-{i}" for i in range(num_slices)]
+
+
 def _capacity(capacity: str) -> list[str]:
   if capacity not in CAPACITIES:
     raise ValueError(f"capacity {capacity!r}: expected one of {CAPACITIES}")
@@ -80,14 +92,18 @@ def create_vm(name: str, where: Where, accelerator_type: str, runtime_version: s
 
 def create_queued(name: str, where: Where, accelerator_type: str, runtime_version: str,
                   capacity: str = "on-demand", valid_until: str | None = None,
-                  network: Network = Network()) -> list[str]:
+                  network: Network = Network(), node_count: int = 1) -> list[str]:
   """``queued-resources create``: waits in Cloud TPU's queue until capacity is free.
 
   ``valid_until`` is a duration (``6h``, ``2d``): the request expires unfilled after it.
+  ``node_count`` > 1: multislice, that many slices of ``accelerator_type`` named
+  ``NAME-0`` ... (``--node-count``, ``--node-prefix``), provisioned and preempted together.
 
   Example: ``create_queued("a", Where("p", "z"), "v6e-8", "v2-alpha-tpuv6e", "reserved")``.
   """
-  return [*TPUS, "queued-resources", "create", name, f"--node-id={name}", *where.flags(),
+  nodes = ([f"--node-id={name}"] if node_count == 1 else
+           [f"--node-count={node_count}", f"--node-prefix={name}"])
+  return [*TPUS, "queued-resources", "create", name, *nodes, *where.flags(),
           f"--accelerator-type={accelerator_type}", f"--runtime-version={runtime_version}",
           *_capacity(capacity),
           *([f"--valid-until-duration={valid_until}"] if valid_until else []),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import shlex
 from typing import Mapping, Sequence
 
-__all__ = ["TARBALL", "PYTHON", "check_script", "install_script", "job_script",
+__all__ = ["TARBALL", "PYTHON", "MEGASCALE_PORT", "multislice_env", "check_script", "install_script", "job_script",
            "stop_script", "status_script", "logs_script", "job_args"]
 
 VENV = '"$HOME/jaxprune-venv"'
@@ -34,6 +34,8 @@ PYTHON = "python3.11"
 APT_LOCK_WAIT_S = 600
 PIP_RETRIES = 10
 INSTALL_TRIES = 3
+# The port of the DCN transport between slices (multislice; the one MaxText uses too).
+MEGASCALE_PORT = 8080
 # What a stale or stopped job gets after SIGTERM (it saves a checkpoint) before SIGKILL.
 STOP_GRACE_S = 30
 
@@ -84,6 +86,23 @@ def install_script(stamp: str, jax_version: str, extras: str, *, local: bool,
       f"echo {shlex.quote(stamp)} > {STAMP}",
       f"echo \"$(hostname): jaxprune {stamp} installed\"",
   ])
+
+
+def multislice_env(slice_id: int, num_slices: int, coordinator: str) -> dict[str, str]:
+  """The environment a worker of slice ``slice_id`` gets in a multislice job.
+
+  JAX's TPU cluster detection reads these (``MEGASCALE_*``; from the environment, else
+  from the VM's ``tpu-env`` metadata, where a multislice queued resource writes them
+  too): the process count becomes slices x hosts, the process id ``slice_id`` x hosts +
+  the worker's number, the coordinator slice 0's worker 0 (``coordinator``, its internal
+  IP). Set explicitly so that the job does not depend on the metadata, as MaxText's
+  multihost runner does.
+
+  Example: ``multislice_env(1, 2, "10.0.0.2")["MEGASCALE_SLICE_ID"] == "1"``.
+  """
+  return {"MEGASCALE_COORDINATOR_ADDRESS": coordinator,
+          "MEGASCALE_NUM_SLICES": str(num_slices), "MEGASCALE_SLICE_ID": str(slice_id),
+          "MEGASCALE_PORT": str(MEGASCALE_PORT)}
 
 
 def _running() -> str:

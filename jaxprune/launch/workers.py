@@ -5,9 +5,14 @@ Stopping runs ``remote.stop_script`` on every worker over a new ssh: the jobs ru
 detached from their ssh sessions (``remote.job_script``), so closing the local ssh
 clients leaves them running.
 
+Workers are ``(VM name, worker index)`` pairs in process order; a multislice job's come
+slice after slice (``pod-0`` worker 0, 1, ..., then ``pod-1`` ...), and worker *i* in the
+messages and log names is the position in that list.
+
 Example::
 
-  outcome = run_all(runner, "pod", where, 2, job_script(flags), Path("logs/pod/run1"))
+  outcome = run_all(runner, [("pod", 0), ("pod", 1)], where, job_script(flags),
+                    Path("logs/pod/run1"))
   outcome.failed  # None, or the index of the first worker that failed
 """
 
@@ -68,30 +73,32 @@ def _first_failure(returncodes: list[int | None]) -> int | None:
   return (own or failed or [None])[0]
 
 
-def run_all(runner: Runner, name: str, where: gcloud.Where, workers: int,
+def run_all(runner: Runner, targets: list[tuple[str, int]], where: gcloud.Where,
             command: str | Callable[[int], str], log_dir: Path, echo: TextIO | None = None,
             grace_s: int = remote.STOP_GRACE_S, marker: str | None = None) -> Outcome:
-  """Runs ``command`` (or ``command(i)`` on worker i) on ``workers`` workers, one ssh
-  each, and waits for all.
+  """Runs ``command`` (or ``command(i)`` on worker i) on every worker of ``targets``
+  (``(VM name, worker index)`` pairs), one ssh each, and waits for all.
 
   ``marker`` (e.g. "attempt 2") is written into every log first.
 
-  Example: ``run_all(Runner(dry_run=True), "pod", where, 4, "hostname", Path("logs/x"))``.
+  Example: ``run_all(Runner(dry_run=True), [("pod", 0)], where, "hostname", Path("logs/x"))``.
   """
   echo = echo or sys.stdout
   script = command if callable(command) else (lambda i: command)
+  count = len(targets)
+  ssh = lambda i: gcloud.ssh(targets[i][0], where, str(targets[i][1]), script(i))  # noqa: E731
   if runner.dry_run:
-    for i in range(workers):
-      runner.start(gcloud.ssh(name, where, str(i), script(i)))
-    return Outcome([0] * workers, None, [""] * workers)
+    for i in range(count):
+      runner.start(ssh(i))
+    return Outcome([0] * count, None, [""] * count)
   log_dir.mkdir(parents=True, exist_ok=True)
-  logs = [log_dir / f"worker-{i}.log" for i in range(workers)]
+  logs = [log_dir / f"worker-{i}.log" for i in range(count)]
   if marker:
     for log in logs:
       with open(log, "a") as f:
         f.write(f"=== jaxprune-tpu: {marker} ===\n")
-  procs = [runner.start(gcloud.ssh(name, where, str(i), script(i))) for i in range(workers)]
-  tail = [""] * workers
+  procs = [runner.start(ssh(i)) for i in range(count)]
+  tail = [""] * count
   pumps = [threading.Thread(target=_pump, args=(p.stdout, logs[i], echo if i == 0 else None,
                                                 tail, i), daemon=True)
            for i, p in enumerate(procs)]
@@ -108,7 +115,13 @@ def run_all(runner: Runner, name: str, where: gcloud.Where, workers: int,
           "stopping the others", file=sys.stderr, flush=True)
     # Again while any is left: a job that was still starting escaped the first stop.
     for _ in range(STOP_TRIES):
-      runner.run(gcloud.ssh(name, where, "all", remote.stop_script(grace_s)))
+      stops = [threading.Thread(target=runner.run, args=(
+          gcloud.ssh(name, where, "all", remote.stop_script(grace_s)),))
+               for name in dict.fromkeys(name for name, _ in targets)]  # every slice at once
+      for t in stops:
+        t.start()
+      for t in stops:
+        t.join()
       deadline = time.time() + grace_s + 10
       while any(p.poll() is None for p in procs) and time.time() < deadline:
         time.sleep(0.2)
