@@ -535,6 +535,9 @@ def test_a_detached_job_outlives_the_launcher_and_is_watched_and_stopped(
   other = launcher("run", "pod", *WHERE, "--run-name=b", *slices, *job, env=env, cwd=tmp_path)
   assert other.returncode == 3, other.stderr
   assert "job a is still running on this worker" in other.stderr
+  # The refusal stopped nothing: job a still runs on both workers.
+  shown = _status("pod", env, *slices)
+  assert all(f"worker {i} (pod-{i} worker 0): running (run a)" in shown for i in (0, 1)), shown
   stopped = launcher("stop", "pod", *WHERE, "--grace=120", *slices, env=env)
   assert stopped.returncode == 0, stopped.stderr
   assert stopped.stdout.splitlines() == ["worker 0: job a: exit status 75",

@@ -428,7 +428,7 @@ def run(name: str, opts: Options, s: Settings, runner: Runner, marker: str | Non
         detach=opts.detach, log_copy=f"{workdir.rstrip('/')}/logs/worker-{i}.log")
 
   outcome = workers.run_all(runner, targets, where, script, log_dir, grace_s=opts.grace,
-                            marker=marker)
+                            marker=marker, run_name=run_name)
   if outcome.failed is None:
     if opts.detach and not runner.dry_run:
       _say(f"{name}: job {run_name} started on {count} workers, detached; follow it with "

@@ -111,17 +111,23 @@ def _running() -> str:
           f'kill -0 -- "-$(cat {JOBS}/job.pid)" 2>/dev/null; }}')
 
 
-def stop_script(grace_s: int = STOP_GRACE_S) -> str:
+def stop_script(grace_s: int = STOP_GRACE_S, run_name: str | None = None) -> str:
   """Stops this worker's detached job: SIGTERM to its process group (jaxprune saves a
   checkpoint and exits 75), SIGKILL after ``grace_s`` seconds; prints its exit status.
 
-  Example: ``stop_script(5)``.
+  ``run_name``: only when the running job is that run. ``run`` stops its own job on the
+  other workers when one fails; a run refused because another is still running (exit
+  3) must leave that other job alone.
+
+  Example: ``stop_script(5)``, ``stop_script(5, run_name="r2")``.
   """
+  this_run = (f' && [ "$(cat {JOBS}/job.run)" = {shlex.quote(run_name)} ]'
+              if run_name is not None else "")
   return "; ".join([
       _running(),
-      f'if running; then P=$(cat {JOBS}/job.pid); kill -TERM -- "-$P" 2>/dev/null; '
+      f'if running{this_run}; then P=$(cat {JOBS}/job.pid); kill -TERM -- "-$P" 2>/dev/null; '
       f'for i in $(seq {grace_s}); do running || break; sleep 1; done; '
-      f'kill -KILL -- "-$P" 2>/dev/null; sleep 1; fi',
+      f'if running; then kill -KILL -- "-$P" 2>/dev/null; sleep 1; fi; fi',
       f'R=$(cat {JOBS}/job.run 2>/dev/null || echo none)',
       f'echo "job $R: exit status $(cat {JOBS}/$R.exit 2>/dev/null || echo none)"',
       "true",

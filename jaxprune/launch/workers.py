@@ -75,11 +75,14 @@ def _first_failure(returncodes: list[int | None]) -> int | None:
 
 def run_all(runner: Runner, targets: list[tuple[str, int]], where: gcloud.Where,
             command: str | Callable[[int], str], log_dir: Path, echo: TextIO | None = None,
-            grace_s: int = remote.STOP_GRACE_S, marker: str | None = None) -> Outcome:
+            grace_s: int = remote.STOP_GRACE_S, marker: str | None = None,
+            run_name: str | None = None) -> Outcome:
   """Runs ``command`` (or ``command(i)`` on worker i) on every worker of ``targets``
   (``(VM name, worker index)`` pairs), one ssh each, and waits for all.
 
-  ``marker`` (e.g. "attempt 2") is written into every log first.
+  ``marker`` (e.g. "attempt 2") is written into every log first. ``run_name``: the
+  detached job that ``command`` starts; when a worker fails, only that run is stopped
+  on the others (not a job of another run that refused to be replaced).
 
   Example: ``run_all(Runner(dry_run=True), [("pod", 0)], where, "hostname", Path("logs/x"))``.
   """
@@ -116,7 +119,7 @@ def run_all(runner: Runner, targets: list[tuple[str, int]], where: gcloud.Where,
     # Again while any is left: a job that was still starting escaped the first stop.
     for _ in range(STOP_TRIES):
       stops = [threading.Thread(target=runner.run, args=(
-          gcloud.ssh(name, where, "all", remote.stop_script(grace_s)),))
+          gcloud.ssh(name, where, "all", remote.stop_script(grace_s, run_name)),))
                for name in dict.fromkeys(name for name, _ in targets)]  # every slice at once
       for t in stops:
         t.start()
