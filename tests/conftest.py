@@ -148,6 +148,16 @@ def gcs_bucket():
       os.environ[k] = v
 
 
+@pytest.fixture(scope="session")
+def hub(minilm_dir):
+  """A Hugging Face hub on 127.0.0.1 (``tests/hub_server.py``) serving the offline
+  MiniLM-L6 as ``sentence-transformers/all-MiniLM-L6-v2``; set ``HF_ENDPOINT`` to its
+  ``url`` (and ``HF_HOME`` to a fresh folder) for ``snapshot_download`` to use it."""
+  from hub_server import HubServer
+  with HubServer({"sentence-transformers/all-MiniLM-L6-v2": minilm_dir}) as server:
+    yield server
+
+
 def shared_run(tmp_path_factory, name: str, build) -> Path:
   """A folder that ``build(folder)`` fills once per test session, whichever pytest-xdist
   worker asks first (the others wait on a file lock, then reuse it); without xdist,

@@ -158,15 +158,17 @@ def test_readme_links_every_notebook():
 # ------------------------------------------------------------------ execution
 
 
-def _write_kernel(root: Path, python: str) -> Path:
-  """A kernelspec (under ``root``) running ``python``, offline, JAX on the CPU."""
+def _write_kernel(root: Path, python: str, **env: str) -> Path:
+  """A kernelspec (under ``root``) running ``python``, JAX on the CPU, offline unless
+  ``env`` says otherwise (it is added to the kernel's environment)."""
   spec = root / "kernels" / KERNEL
   spec.mkdir(parents=True)
   # JAX_DEFAULT_MATMUL_PRECISION=bfloat16: what a TPU does by default, which the
   # notebooks' comparisons with float32 PyTorch must survive.
   env = {"JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
          "JAX_DEFAULT_MATMUL_PRECISION": "bfloat16",
-         "JAXPRUNE_GLUE_DIR": str(GLUE_DIR), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+         "JAXPRUNE_GLUE_DIR": str(GLUE_DIR), "PYTHONWARNINGS": "ignore::DeprecationWarning",
+         **env}
   (spec / "kernel.json").write_text(json.dumps({
       "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
       "display_name": "jaxprune tests", "language": "python", "env": env}))
@@ -271,13 +273,13 @@ def test_install_cell_stops_with_one_line(case, tmp_path):
     assert "no-such-repository" in result.stdout  # pip's own lines, printed above
 
 
-def _smoke(nb, prefix: str = sys.prefix):
-  """The notebook with the network guard first and SMOKE parameters injected; it checks
-  that it runs in the Python at ``prefix``."""
+def _smoke(nb, prefix: str = sys.prefix, parameters: dict = SMOKE_PARAMETERS):
+  """The notebook with the network guard first and ``parameters`` injected (those its
+  parameters cell has); it checks that it runs in the Python at ``prefix``."""
   params = _parameters_cells(nb)[0]
   names = _assigned(params.source)
   lines = ["# Parameters (injected by tests/test_notebooks.py)"]
-  lines += [f"{k} = {v!r}" for k, v in SMOKE_PARAMETERS.items() if k in names]
+  lines += [f"{k} = {v!r}" for k, v in parameters.items() if k in names]
   lines += ["import sys as _sys",
             f"assert _sys.prefix == {prefix!r}, (_sys.prefix, 'not the expected interpreter')"]
   injected = nbformat.v4.new_code_cell("\n".join(lines),
@@ -287,19 +289,62 @@ def _smoke(nb, prefix: str = sys.prefix):
   return nb
 
 
+def prepare_tfds_glue(data_dir: Path, task: str, glue_dir: Path, train_rows: int = 400
+                      ) -> None:
+  """Prepares ``glue/<task>`` in the TFDS folder ``data_dir`` with TFDS's own GLUE
+  builder, its download step handed the GLUE files in ``glue_dir`` (what the download
+  would have unpacked), the training set cut to its first ``train_rows`` rows (reading
+  all of SST-2's 67,349 row by row takes the kernel seconds the smoke run does not
+  need). The notebook then reads a real prepared dataset through
+  ``tfds.data_source``, as in Colab; ``tfds.testing.mock_data`` would give random rows
+  and need TFDS patched inside the kernel."""
+  import shutil
+  from unittest import mock
+  from jaxprune.data import get_task
+  from jaxprune.data.readers import _import_tfds
+  spec = get_task(task)
+  unpacked = data_dir / "unpacked"
+  (unpacked / spec.name).mkdir(parents=True)
+  for file in (glue_dir / spec.name).glob("*.tsv"):
+    if file.name == "train.tsv":
+      lines = file.read_text(encoding="utf-8").splitlines(keepends=True)[:train_rows + 1]
+      (unpacked / spec.name / file.name).write_text("".join(lines), encoding="utf-8")
+    else:
+      shutil.copy(file, unpacked / spec.name / file.name)
+  tfds = _import_tfds()  # registers the glue builder
+  with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
+                         lambda self, url, *args, **kwargs: str(unpacked)):
+    tfds.builder(f"glue/{get_task(task).tfds_name}", data_dir=str(data_dir)).download_and_prepare(
+        file_format="array_record")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_runs_in_smoke_mode(path, kernel_dir, tmp_path, monkeypatch, request):
   """Every cell in smoke mode. The quickstart runs in a fresh runtime (``fresh_runtime``)
   where its own install cell installs jaxprune from a wheel built from this checkout
-  and uploaded next to it (colab/README.md's fallback); sparsebert_glue in this
-  interpreter."""
+  and uploaded next to it (colab/README.md's fallback). sparsebert_glue takes Colab's
+  path (``SOURCE = "hub"``): MiniLM-L6 from a hub on 127.0.0.1 (conftest's ``hub``,
+  through ``HF_ENDPOINT``) and SST-2 from TFDS, prepared beforehand from the GLUE files
+  (``prepare_tfds_glue``; no GLUE folder is given, so nothing else could be read)."""
   nbclient = pytest.importorskip("nbclient", reason="needs the test extra (nbclient)")
   pytest.importorskip("ipykernel", reason="needs the test extra (ipykernel)")
   prefix = sys.prefix
+  parameters = dict(SMOKE_PARAMETERS)
   if path.stem == "sparsebert_glue":
-    request.getfixturevalue("glue_dir")  # skips without the offline GLUE files
-    request.getfixturevalue("minilm_dir")  # ... or the offline MiniLM package
+    glue = request.getfixturevalue("glue_dir")  # skips without the offline GLUE files
+    hub = request.getfixturevalue("hub")  # ... or the offline MiniLM package
+    pytest.importorskip("tensorflow_datasets", reason="needs the tfds extra")
+    prepare_tfds_glue(tmp_path / "tfds", "SST-2", glue)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "JAXPRUNE_GLUE_DIR"):
+      monkeypatch.delenv(name, raising=False)
+    kernel_dir = _write_kernel(tmp_path / "jupyter", sys.executable, HF_HUB_OFFLINE="0",
+                               TRANSFORMERS_OFFLINE="0", HF_ENDPOINT=hub.url,
+                               HF_HOME=str(tmp_path / "hf-home"),
+                               TFDS_DATA_DIR=str(tmp_path / "tfds"),
+                               JAXPRUNE_GLUE_DIR=str(tmp_path / "no-glue-here"))
+    parameters["SOURCE"] = "hub"
+    hub.requests.clear()
   else:
     python = fresh_runtime(tmp_path / "runtime")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
@@ -312,7 +357,7 @@ def test_runs_in_smoke_mode(path, kernel_dir, tmp_path, monkeypatch, request):
   monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
   # Two CPU devices: the cells run sharded, as on a TPU runtime's devices.
   monkeypatch.setenv("XLA_FLAGS", cpu_env(2)["XLA_FLAGS"])
-  nb = _smoke(_read(path), prefix)
+  nb = _smoke(_read(path), prefix, parameters)
   client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=600,
                                    resources={"metadata": {"path": str(tmp_path)}})
   client.execute()  # raises CellExecutionError, with the cell's traceback, on any error
@@ -328,6 +373,27 @@ def test_runs_in_smoke_mode(path, kernel_dir, tmp_path, monkeypatch, request):
   assert images, "the plots were drawn"
   if path.stem == "sparsebert_glue":
     outputs = "".join(text(c) for c in _code_cells(nb))
-    assert "source: offline" in outputs
+    assert "source: the Hugging Face hub (sentence-transformers/all-MiniLM-L6-v2) and GLUE " \
+        "from tensorflow-datasets (glue/sst2)" in outputs
+    fetched = [r for r in hub.requests if "/resolve/" in r and r.startswith("GET")]
+    assert any(r.endswith("/config.json") for r in fetched), hub.requests
+    assert any(r.endswith("/vocab.txt") for r in fetched), hub.requests
     assert "same predictions in 100%" in outputs and "(tolerance on CPU: 1e-04)" in outputs
     assert "float32 on CPU; runs in runs/colab/SST-2-smoke-" in outputs
+
+
+def test_sparsebert_glue_offline_source(kernel_dir, tmp_path, monkeypatch, glue_dir, minilm_dir):
+  """The cells up to the choice of source, with ``SOURCE = "offline"`` (the smoke run
+  above takes the hub): MiniLM-L6 from the PyPI package, GLUE from the local files."""
+  nbclient = pytest.importorskip("nbclient", reason="needs the test extra (nbclient)")
+  monkeypatch.setenv("JUPYTER_PATH", str(kernel_dir))
+  monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
+  monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+  nb = _smoke(_read(COLAB / "sparsebert_glue.ipynb"))
+  source_cell = next(c for c in _code_cells(nb) if 'SOURCE == "offline"' in c.source)
+  nb.cells = nb.cells[:nb.cells.index(source_cell) + 1]
+  nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=300,
+                          resources={"metadata": {"path": str(tmp_path)}}).execute()
+  printed = "".join(o.get("text", "") for o in source_cell.outputs)
+  assert printed.startswith("source: offline: MiniLM-L6 from the PyPI package") and (
+      str(glue_dir.resolve()) in printed), printed
