@@ -13,6 +13,7 @@ connection off this machine, so a notebook that reaches for the network fails he
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -397,3 +398,16 @@ def test_sparsebert_glue_offline_source(kernel_dir, tmp_path, monkeypatch, glue_
   printed = "".join(o.get("text", "") for o in source_cell.outputs)
   assert printed.startswith("source: offline: MiniLM-L6 from the PyPI package") and (
       str(glue_dir.resolve()) in printed), printed
+
+
+def test_install_cell_warns_when_a_gpu_runtime_runs_jax_on_the_cpu(tmp_path):
+  """A machine with a GPU (here: an ``nvidia-smi`` on PATH) whose JAX runs on the CPU gets
+  a warning line, not silence; jaxprune is importable here, so nothing is installed."""
+  (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+  (tmp_path / "nvidia-smi").chmod(0o755)
+  env = dict(cpu_env(1), PATH=f"{tmp_path}:{os.environ['PATH']}")
+  result = subprocess.run([sys.executable, "-c", _install_cell()], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert "installed jaxprune" not in result.stdout
+  assert "WARNING: this runtime has a GPU but JAX runs on the CPU" in result.stdout
