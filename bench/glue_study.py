@@ -6,7 +6,8 @@ one at a time, in-process, through the trainer):
 
   python bench/glue_study.py --root runs/study                 # the whole grid
   python bench/glue_study.py --root runs/study --tasks rte,mrpc --methods sparsebert
-  python bench/glue_study.py --report-only --report docs/results.md  # tables + plots
+  python bench/glue_study.py --report-only --report docs/results.md \
+      --summary README.md                                      # tables + plots + summary
 
 The grid (``grid``): per task a teacher (``configs/minilm_glue.py``'s finetune), then
 cells of (task, method, sparsity, seed):
@@ -362,6 +363,59 @@ def _machines(rows: list[dict], name_up_to: int = 3) -> list[str]:
   return lines
 
 
+SUMMARY_BEGIN = "<!-- glue_study summary: begin -->"
+SUMMARY_END = "<!-- glue_study summary: end -->"
+SUMMARY_METHODS = (("sparsebert", "SparseBERT"), ("magnitude", "magnitude"),
+                   ("small_dense", "small dense"))
+
+
+def summary_table(rows: list[dict], tasks: tuple[str, ...] = TASKS) -> str:
+  """The study in one small table (README): per task its official dev metric for the
+  majority class, the teacher and each method at 90% and 95% (seed means, † at or
+  below the majority class), then each method's average retention; between the
+  summary markers, as ``write_summary`` puts it into a file."""
+  groups = _groups(rows)
+  avg = averages(rows)
+  columns = [(m, sp) for sp in (0.9, 0.95) for m, _ in SUMMARY_METHODS]
+  names = dict(SUMMARY_METHODS)
+  lines = [SUMMARY_BEGIN, "",
+           "| task (metric) | majority / constant | teacher | "
+           + " | ".join(f"{names[m]} {sp:.0%}" for m, sp in columns) + " |",
+           "|---|" + "---|" * (2 + len(columns))]
+  for task in tasks:
+    task_rows = [r for r in rows if r["task"] == task]
+    if not task_rows:
+      continue
+    baseline, teacher = task_rows[0].get("baseline"), task_rows[0]["teacher"]
+    cells = []
+    for method, sparsity in columns:
+      rs = groups.get((task, method, sparsity))
+      if not rs:
+        cells.append("pending")
+        continue
+      mean = statistics.mean(100 * r["score"] for r in rs)
+      at_baseline = baseline is not None and mean <= 100 * baseline
+      cells.append(f"{mean:.2f}{AT_BASELINE if at_baseline else ''}")
+    lines.append(f"| {task} ({task_rows[0]['metric']}) | "
+                 + (f"{100 * baseline:.2f}" if baseline is not None else "") + " | "
+                 f"{100 * teacher:.2f} | " + " | ".join(cells) + " |")
+  lines.append("| **average retention** | | | " + " | ".join(
+      f"**{avg[key][0]:.1%}**" if key in avg and avg[key][1] == len(tasks) else "pending"
+      for key in columns) + " |")
+  lines += ["", SUMMARY_END]
+  return "\n".join(lines)
+
+
+def write_summary(rows: list[dict], path: Path, tasks: tuple[str, ...] = TASKS) -> None:
+  """Replaces the text between the summary markers in ``path`` (e.g. README.md) with
+  ``summary_table(rows)``; the file must have the markers."""
+  text = path.read_text()
+  if SUMMARY_BEGIN not in text or SUMMARY_END not in text:
+    raise StudyError(f"{path}: no {SUMMARY_BEGIN} ... {SUMMARY_END} markers to write into")
+  start, end = text.index(SUMMARY_BEGIN), text.index(SUMMARY_END) + len(SUMMARY_END)
+  path.write_text(text[:start] + summary_table(rows, tasks) + text[end:])
+
+
 def report(rows: list[dict], out_md: Path, cells: list[Cell] | None = None,
            tasks: tuple[str, ...] = TASKS) -> None:
   """Writes the study's tables, targets and plots into ``out_md``, between the two report
@@ -553,6 +607,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--smoke", action="store_true", help="a 3-cell grid on configs/tiny.py")
   parser.add_argument("--report", type=Path, help="write the tables and plots here")
+  parser.add_argument("--summary", type=Path,
+                      help="write the one-table summary between the markers of this file "
+                      "(README.md)")
   parser.add_argument("--report-only", action="store_true",
                       help="report the results file as it is, without running any cell")
   args = parser.parse_args(argv)
@@ -577,6 +634,8 @@ def main(argv: list[str] | None = None) -> None:
       sys.exit(f"glue_study: stopped: {e}")
   if args.report:
     report(rows, args.report, None if args.smoke else cells, tasks)
+  if args.summary:
+    write_summary(rows, args.summary, tasks)
 
 
 if __name__ == "__main__":

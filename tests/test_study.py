@@ -236,3 +236,32 @@ def test_stopwatch_keeps_the_time_of_a_run_that_never_returns(tmp_path):
     pass
   assert total <= json.loads(path.read_text()) < total + 1
   assert not list(path.parent.glob("*.tmp"))
+
+
+def test_readme_and_docs_show_what_the_results_file_holds(tmp_path):
+  """README's study table and docs/results.md's generated block are what
+  bench/results/glue_study.json gives now: a number changed by hand, or a results file
+  updated without regenerating them (`glue_study.py --report-only --report
+  docs/results.md --summary README.md`), fails here."""
+  rows = json.loads((ROOT / "bench" / "results" / "glue_study.json").read_text())
+  assert study.summary_table(rows) in (ROOT / "README.md").read_text()
+  docs = (ROOT / "docs" / "results.md").read_text()
+  copy = tmp_path / "results.md"
+  copy.write_text(docs)
+  study.report(rows, copy, study.grid(study.TASKS, study.METHODS), study.TASKS)
+
+  def generated(text: str) -> str:
+    return text[text.index(study.BEGIN):text.index(study.END)]
+
+  assert generated(copy.read_text()) == generated(docs)
+
+
+def test_summary_table_marks_baseline_cells_and_pending_averages():
+  rows = [_row("RTE", "sparsebert", 0.9, 0, 0.50, 0.60), _row("RTE", "sparsebert", 0.9, 1, 0.52, 0.60),
+          _row("RTE", "magnitude", 0.9, 0, 0.55, 0.60)]
+  table = study.summary_table(rows, ("RTE", "MRPC"))
+  # seed mean 51.00 > baseline 50.00; retention (0.50/0.60 + 0.52/0.60)/2 = 85.0%.
+  assert "| RTE (accuracy) | 50.00 | 60.00 | 51.00 | 55.00 | pending |" in table
+  assert "| **average retention** | | | pending | pending |" in table  # 1 of 2 tasks
+  at_baseline = study.summary_table([_row("RTE", "sparsebert", 0.9, 0, 0.50, 0.60)], ("RTE",))
+  assert "| 50.00† |" in at_baseline and "**83.3%**" in at_baseline
