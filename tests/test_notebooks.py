@@ -193,17 +193,19 @@ def fresh_runtime(folder: Path) -> Path:
   import sysconfig
   subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder / "venv")],
                  check=True)
-  python = folder / "venv" / "bin" / "python"
   preinstalled = folder / "preinstalled"
   preinstalled.mkdir()
   for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
     if not (entry.name.startswith(("jaxprune", "__editable__", "__pycache__"))
             or entry.suffix == ".pth"):
       (preinstalled / entry.name).symlink_to(entry)
-  site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                        check=True, capture_output=True, text=True).stdout.strip()
-  (Path(site) / "colab_preinstalled.pth").write_text(f"{preinstalled}\n")
-  return python
+  (_site_packages(folder) / "colab_preinstalled.pth").write_text(f"{preinstalled}\n")
+  return folder / "venv" / "bin" / "python"
+
+
+def _site_packages(folder: Path) -> Path:
+  """The site-packages of ``fresh_runtime(folder)``'s venv."""
+  return next((folder / "venv" / "lib").glob("python*/site-packages"))
 
 
 def _install_cell(repo_url: str | None = None, ref: str | None = None) -> str:
@@ -256,7 +258,7 @@ def test_install_cell_stops_with_one_line(case, tmp_path):
   python = fresh_runtime(tmp_path)
   url = f"file://{ROOT}"
   if case == "jax outside the range":  # a jax 0.13 installed in the runtime
-    site = next((tmp_path / "venv" / "lib").glob("python*/site-packages"))
+    site = _site_packages(tmp_path)
     (site / "jax-0.13.0.dist-info").mkdir()
     (site / "jax-0.13.0.dist-info" / "METADATA").write_text(
         "Metadata-Version: 2.1\nName: jax\nVersion: 0.13.0\n")
