@@ -339,8 +339,6 @@ def test_runs_in_smoke_mode(path, kernel_dir, tmp_path, monkeypatch, request):
     hub = request.getfixturevalue("hub")  # ... or the offline MiniLM package
     pytest.importorskip("tensorflow_datasets", reason="needs the tfds extra")
     prepare_tfds_glue(tmp_path / "tfds", "SST-2", glue)
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "JAXPRUNE_GLUE_DIR"):
-      monkeypatch.delenv(name, raising=False)
     kernel_dir = _write_kernel(tmp_path / "jupyter", sys.executable, HF_HUB_OFFLINE="0",
                                TRANSFORMERS_OFFLINE="0", HF_ENDPOINT=hub.url,
                                HF_HOME=str(tmp_path / "hf-home"),
