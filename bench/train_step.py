@@ -104,10 +104,10 @@ def schedule(total_events: int = 100):
 
 
 @functools.cache
-def _matmul(n: int):
+def _matmul(n: int, dtype: str = "float32"):
   import jax
   import jax.numpy as jnp
-  a = jnp.asarray(np.random.RandomState(0).standard_normal((n, n)), jnp.float32)
+  a = jnp.asarray(np.random.RandomState(0).standard_normal((n, n)), dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()  # compile
   return f, a
@@ -123,9 +123,10 @@ def _matmul_gflops(matmul: Callable[[], object], n: int, reps: int) -> float:
   return 2 * n ** 3 / best / 1e9
 
 
-def matmul_peak(n: int = 4096, reps: int = 5) -> float:
-  """GFLOP/s of the best of ``reps`` jitted float32 (n, n) @ (n, n) matmuls."""
-  f, a = _matmul(n)
+def matmul_peak(n: int = 4096, reps: int = 5, dtype: str = "float32") -> float:
+  """GFLOP/s of the best of ``reps`` jitted (n, n) @ (n, n) matmuls in ``dtype`` (at
+  JAX's default precision: TF32 for float32 on NVIDIA GPUs since Ampere)."""
+  f, a = _matmul(n, dtype)
   return _matmul_gflops(lambda: f(a).block_until_ready(), n, reps)
 
 
@@ -163,7 +164,7 @@ def cpu_model() -> str:
 class JaxStep:
   """A compiled jaxprune train step and its state (``prune``: distill_prune, else distill)."""
 
-  def __init__(self, s: Shape, prune: bool, dtype: str = "float32"):
+  def __init__(self, s: Shape, prune: bool, dtype: str = "float32", device: Any = None):
     import jax
     import optax
     from jaxprune import masks, optim, sharding, train, transforms
@@ -178,7 +179,7 @@ class JaxStep:
     if prune:
       tx = optax.chain(tx, transforms.prune_by_magnitude(self.schedule,
                                                          masks.BERT_ENCODER_MATRICES))
-    mesh = sharding.make_mesh((1, 1), devices=jax.devices()[:1])
+    mesh = sharding.make_mesh((1, 1), devices=[device or jax.devices()[0]])
     shardings = sharding.param_shardings(bert.logical_axes(student), mesh)
     params = random_params(student, 0)
     self.teacher_params = sharding.put(random_params(student, 1), shardings)
@@ -314,19 +315,24 @@ def _register_score_attention() -> str:
 
 
 class TorchStep:
-  """The reference's step in eager PyTorch: KD losses, BertAdam, mask re-application."""
+  """The reference's step in eager PyTorch: KD losses, BertAdam, mask re-application.
 
-  def __init__(self, s: Shape):
+  ``device``: ``"cpu"`` or ``"cuda"``; ``dtype="bfloat16"`` runs the forward passes under
+  ``torch.autocast`` (bf16 matmuls, float32 weights and optimizer), as JAX's
+  ``precision=bfloat16`` does."""
+
+  def __init__(self, s: Shape, device: str = "cpu", dtype: str = "float32"):
     import torch
     import transformers
     torch.set_num_threads(TORCH_THREADS)
+    self.device, self.dtype = device, dtype
     torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=s.vocab, hidden_size=s.hidden, num_hidden_layers=s.layers,
         num_attention_heads=s.heads, intermediate_size=s.intermediate, num_labels=2,
         attn_implementation=_register_score_attention())
-    self.student = transformers.BertForSequenceClassification(config).train()
-    self.teacher = transformers.BertForSequenceClassification(config).eval()
+    self.student = transformers.BertForSequenceClassification(config).to(device).train()
+    self.teacher = transformers.BertForSequenceClassification(config).to(device).eval()
     self.teacher.requires_grad_(False)
     named = list(self.student.named_parameters())
     self.params = [p for _, p in named]
@@ -336,7 +342,7 @@ class TorchStep:
     self.masks = [torch.ones_like(p) for p in self.prunable]
     self.m = [torch.zeros_like(p) for p in self.params]
     self.v = [torch.zeros_like(p) for p in self.params]
-    self.batch = {k: torch.as_tensor(v).long() for k, v in batch(s).items()
+    self.batch = {k: torch.as_tensor(v).long().to(device) for k, v in batch(s).items()
                   if k in ("input_ids", "attention_mask", "token_type_ids")}
     self.schedule = schedule()
     self.t = 0
@@ -345,9 +351,10 @@ class TorchStep:
     import torch
     import torch.nn.functional as F
     kwargs = dict(output_hidden_states=True, output_attentions=True, **self.batch)
-    with torch.no_grad():
-      t_out = self.teacher(**kwargs)
-    s_out = self.student(**kwargs)
+    with torch.autocast(self.device, torch.bfloat16, enabled=self.dtype == "bfloat16"):
+      with torch.no_grad():
+        t_out = self.teacher(**kwargs)
+      s_out = self.student(**kwargs)
     zero_pad = lambda x: torch.where(x <= -100, torch.zeros_like(x), x)
     att = sum(F.mse_loss(zero_pad(a), zero_pad(b))
               for a, b in zip(s_out.attentions, t_out.attentions))
@@ -388,6 +395,8 @@ class TorchStep:
           threshold = torch.kthvalue(score, score.numel() - keep + 1).values
           self.masks[i] = (score >= threshold).reshape(p.shape).to(p.dtype)
       torch._foreach_mul_(self.prunable, self.masks)
+    if self.device == "cuda":
+      torch.cuda.synchronize()
     return time.perf_counter() - t
 
 
@@ -411,20 +420,25 @@ class Timing:
     return ((EVENT_PERIOD - 1) * self.median + statistics.median(self.events)) / EVENT_PERIOD
 
 
-def bench_shape(name: str, s: Shape, steps: int, use_torch: bool, breakdown: bool,
-                dtype: str = "float32") -> None:
-  print(f"\n== {name}: {s.layers} layers, hidden {s.hidden}, batch {s.batch}, seq {s.seq}, "
-        f"jax compute dtype {dtype}", flush=True)
+def measure_shape(s: Shape, steps: int, use_torch: bool, dtype: str = "float32",
+                  torch_device: str = "cpu", log: Callable[[str], None] = print,
+                  peak_n: int = 4096) -> dict:
+  """Times the jax prune, jax dense and (``use_torch``) eager PyTorch steps of shape
+  ``s`` side by side: {"timings": {label: Timing}, "peak": median matmul GFLOP/s in
+  ``dtype`` under the same load, "peak_best", "build_seconds": {label: s}, "xla_flops"}."""
   runners: dict[str, Callable[[], float]] = {}
+  build = {}
   for label, make in [("jax prune", lambda: JaxStep(s, prune=True, dtype=dtype)),
                       ("jax dense", lambda: JaxStep(s, prune=False, dtype=dtype)),
-                      ("torch prune", lambda: TorchStep(s) if use_torch else None)]:
+                      ("torch prune", lambda: TorchStep(s, torch_device, dtype)
+                       if use_torch else None)]:
     t = time.perf_counter()
     runner = make()
     if runner is None:
       continue
     runner()  # compile / warm up: step 1
-    print(f"  {label}: built and warmed up in {time.perf_counter() - t:.1f} s", flush=True)
+    build[label] = time.perf_counter() - t
+    log(f"  {label}: built and warmed up in {build[label]:.1f} s")
     runners[label] = runner
   events = schedule()
   timings = {label: Timing() for label in runners}
@@ -439,13 +453,22 @@ def bench_shape(name: str, s: Shape, steps: int, use_torch: bool, breakdown: boo
       seconds = runner()
       is_event = events.is_event(t) and "prune" in label
       (timings[label].events if is_event else timings[label].normal).append(seconds)
-    peaks.append(matmul_peak(reps=1))  # under the same load as the steps
-  peak = statistics.median(peaks)
-  print(f"  matmul peak during the steps: median {peak:.0f}, best {max(peaks):.0f} GFLOP/s "
+    peaks.append(matmul_peak(peak_n, reps=1, dtype=dtype))  # under the steps' load
+  return dict(timings=timings, peak=statistics.median(peaks), peak_best=max(peaks),
+              build_seconds=build, xla_flops=runners["jax dense"].xla_flops())
+
+
+def bench_shape(name: str, s: Shape, steps: int, use_torch: bool, breakdown: bool,
+                dtype: str = "float32") -> None:
+  print(f"\n== {name}: {s.layers} layers, hidden {s.hidden}, batch {s.batch}, seq {s.seq}, "
+        f"jax compute dtype {dtype}", flush=True)
+  m = measure_shape(s, steps, use_torch, dtype, log=lambda line: print(line, flush=True))
+  timings, peak = m["timings"], m["peak"]
+  print(f"  matmul peak during the steps: median {peak:.0f}, best {m['peak_best']:.0f} GFLOP/s "
         f"(% peak below uses the median)")
   flops = step_flops(s)
   print(f"  model FLOPs per step: {flops / 1e9:.1f} GFLOP; XLA counts "
-        f"{(runners['jax dense'].xla_flops() or 0) / 1e9:.1f} GFLOP (dense step)")
+        f"{(m['xla_flops'] or 0) / 1e9:.1f} GFLOP (dense step)")
   print(f"  {'':12} {'s/step':>8} {'event s':>8} {'amort. s':>8} {'ex/s':>7} "
         f"{'GFLOP/s':>8} {'% peak':>7}")
   for label, tm in timings.items():
@@ -470,7 +493,6 @@ def bench_shape(name: str, s: Shape, steps: int, use_torch: bool, breakdown: boo
     print(f"  jaxprune / torch examples/s: {speedup:.2f}x  target >= {TARGET_SPEEDUP}x: "
           f"{verdict(speedup >= TARGET_SPEEDUP)} (stretch {STRETCH_SPEEDUP}x: "
           f"{verdict(speedup >= STRETCH_SPEEDUP)})")
-  del runners
   if breakdown:
     print("  breakdown of the jax step (each piece jitted alone; median wall s, CPU s, "
           "share of the step's wall time, GFLOP/s):")
