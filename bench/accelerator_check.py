@@ -1,8 +1,9 @@
 """One prepared check of jaxprune on an accelerator: training speed, bf16, pruning
 overhead, sparse inference and CPU-equal masks, written to a folder.
 
-Run on a machine with one GPU (about 6-8 minutes on an H100/H200, most of it compiling;
-nothing is downloaded: random weights of the real shapes)::
+Run on a machine with one GPU (made to fit in 8 minutes of an H100/H200, most of it
+compiling; not yet measured there; nothing is downloaded: random weights of the real
+shapes)::
 
   python bench/accelerator_check.py OUT            # -> OUT/accelerator_check.{json,md}
   python bench/accelerator_check.py OUT --smoke    # tiny shapes on any backend, seconds
