@@ -330,6 +330,29 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, caplog):
   assert "unreadable" in caplog.text
 
 
+def test_small_replicated_arrays_are_saved_whole_and_orbax_global_registry_is_left(tmp_path):
+  import orbax.checkpoint as ocp
+  from jax.sharding import NamedSharding, PartitionSpec
+  handler = checkpoint._state_handler()
+  arrays = handler._handler_impl._type_handler_registry.get(jax.Array)
+  assert arrays._min_slice_bytes_for_replica_parallel == checkpoint.MIN_REPLICA_SLICE_BYTES
+  assert ocp.type_handlers.get_type_handler(jax.Array) is not arrays
+  assert ocp.type_handlers.get_type_handler(jax.Array)._min_slice_bytes_for_replica_parallel is None
+  # A replicated array (every device holds all of it) and a sharded one round-trip.
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("d",))
+  n = len(jax.devices())
+  state = {"small": jax.device_put(np.arange(8.0), NamedSharding(mesh, PartitionSpec())),
+           "split": jax.device_put(np.arange(4.0 * n).reshape(n, 4),
+                                   NamedSharding(mesh, PartitionSpec("d")))}
+  ckpt = checkpoint.Checkpointer(tmp_path, async_save=False)
+  ckpt.save(3, state, {"data": {}})
+  ckpt.wait()
+  got, _ = ckpt.restore(3, checkpoint.abstract(state))
+  for key in state:
+    np.testing.assert_array_equal(got[key], state[key])
+    assert got[key].sharding == state[key].sharding
+
+
 @pytest.mark.parametrize("override, message", [
     ("--config.prune.sparsity=1.0", "prune.sparsity=1.0: expected a value in [0, 1)"),
     ("--config.task=NOPE", "unknown GLUE task 'NOPE'"),
