@@ -11,8 +11,8 @@ shapes)::
 ``make test`` runs ``--smoke`` on the CPU (tests/test_bench.py), so the code paths that
 the GPU run takes stay alive between the rare sessions that have a GPU.
 
-Sections (``--sections``, each written to the JSON as soon as it is done, so a run cut
-short keeps what it measured):
+Sections (``--sections``; the JSON and markdown are rewritten after every row, so a run
+cut short keeps what it measured):
 
 * ``train``: the SparseBERT train step (``distill_prune``: prune + distill) and the dense
   distillation step of `bench/train_step.py`, for MiniLM-L6 at b32/L128 and BERT-base
@@ -49,7 +49,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -113,11 +113,10 @@ def environment() -> dict[str, Any]:
 
 
 def train_rows(shapes, dtypes, steps: int, torch_device: str | None, log,
-               peak_n: int = 4096) -> list[dict]:
+               peak_n: int = 4096) -> Iterator[dict]:
   """One row per (shape, dtype): jax prune / jax dense / torch prune, side by side."""
   import jax
   peak_kind = jax.devices()[0].device_kind
-  rows = []
   for name, s in shapes:
     for dtype in dtypes:
       log(f"train {name} {dtype}")
@@ -142,8 +141,7 @@ def train_rows(shapes, dtypes, steps: int, torch_device: str | None, log,
       row["prune_overhead_amortized"] = jp.amortized / jd.median - 1
       if "torch prune" in m["timings"]:
         row["jax_over_torch"] = m["timings"]["torch prune"].amortized / jp.amortized
-      rows.append(row)
-  return rows
+      yield row
 
 
 # ------------------------------------------------------------------------------ infer
@@ -177,12 +175,13 @@ def _backends(sparsity: str, cuda: bool) -> list[tuple[str, str, str]]:
 
 
 def infer_rows(shape: dict, sparsities, batches, seq: int, reps: int, cuda: bool,
-               log) -> list[dict]:
+               log) -> Iterator[dict]:
   """Per sparsity and batch: ms per batch of every backend from the exported artifact,
-  its speed-up over its framework's dense path, and its logits' error against dense."""
+  its speed-up over its framework's dense path, and its logits' error against dense
+  (jax-dense computed at ``highest`` matmul precision: true float32, not TF32)."""
+  import jax
   from jaxprune import export, infer
   from export_infer import interleaved  # bench/export_infer.py
-  rows = []
   with tempfile.TemporaryDirectory() as tmp:
     for sparsity in sparsities:
       params, masks, config = pruned_classifier(shape, sparsity)
@@ -200,7 +199,8 @@ def infer_rows(shape: dict, sparsities, batches, seq: int, reps: int, cuda: bool
         rng = np.random.default_rng(b)
         ids = rng.integers(0, config.vocab_size, (b, seq))
         args = (ids, np.ones_like(ids), np.zeros_like(ids))
-        ref = np.asarray(runners["jax-dense"][0](*args), np.float32)
+        with jax.default_matmul_precision("highest"):  # a program of its own
+          ref = np.asarray(runners["jax-dense"][0](*args), np.float32)
         fns, row = {}, dict(sparsity=sparsity, batch=b, seq=seq, artifact_mib=size.file_bytes
                             / 2**20, backends={}, errors=dict(errors))
         for label, (run, dtype) in runners.items():
@@ -222,8 +222,7 @@ def infer_rows(shape: dict, sparsities, batches, seq: int, reps: int, cuda: bool
           r["speedup"] = row["backends"][dense]["ms"] / r["ms"] if dense else None
         log(f"infer {sparsity} b{b}: " + ", ".join(
             f"{k} {v['ms']:.2f} ms" for k, v in row["backends"].items()))
-        rows.append(row)
-  return rows
+        yield row
 
 
 # ------------------------------------------------------------------------ correctness
@@ -437,7 +436,15 @@ def main(argv: list[str] | None = None) -> int:
   }
   for section in sections:
     try:
-      result[section] = jobs[section]()
+      job = jobs[section]()
+      if isinstance(job, dict):
+        result[section] = job
+      else:  # rows: written one by one, so that a run cut short keeps what it measured
+        result[section] = []
+        for row in job:
+          result[section].append(row)
+          result["seconds"] = time.perf_counter() - t0
+          write(args.out, result)
     except Exception:  # noqa: BLE001 -- one broken section must not lose the others
       result["failed"][section] = traceback.format_exc()
       log(f"{section}: FAILED\n{result['failed'][section]}")
