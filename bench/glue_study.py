@@ -325,7 +325,8 @@ AT_BASELINE_NOTE = (f"{AT_BASELINE} at or below the majority class (constant pre
                     "whatever its retention says.")
 NOT_IN_GRID = "—"
 NOT_IN_GRID_NOTE = (f"{NOT_IN_GRID} not in the study's grid: the ablations and the start from "
-                    f"the fine-tuned teacher run on {' and '.join(ABLATION_TASKS)} only.")
+                    f"the fine-tuned teacher run on {' and '.join(ABLATION_TASKS)} only, "
+                    f"the levers on {' and '.join(LEVER_TASKS)} only.")
 
 
 def _cell_text(rs: list[dict]) -> str:
