@@ -147,20 +147,6 @@ def train_rows(shapes, dtypes, steps: int, torch_device: str | None, log,
 # ------------------------------------------------------------------------------ infer
 
 
-def pruned_classifier(shape: dict, sparsity: str, seed: int = 0):
-  """Random BERT classifier params of ``shape``, magnitude-pruned (2:4 or a fraction)."""
-  import jax
-  from jaxprune import masks as masks_lib
-  from jaxprune.models import bert
-  config = bert.BertConfig(**shape, num_labels=2)
-  params = bert.init_params(bert.BertForSequenceClassification(config), jax.random.key(seed))
-  pattern = masks_lib.NM(2, 4) if sparsity == "2:4" else None
-  masks = masks_lib.magnitude_masks(params, None if pattern else float(sparsity),
-                                    masks_lib.BERT_ENCODER_MATRICES,
-                                    **({"pattern": pattern} if pattern else {}))
-  return masks_lib.apply_masks(params, masks), masks, config
-
-
 def _backends(sparsity: str, cuda: bool) -> list[tuple[str, str, str]]:
   """(label, infer backend, dtype) pairs timed for one export."""
   out = [("jax-dense", "jax-dense", "float32"), ("jax-bcsr", "jax-bcsr", "float32")]
@@ -181,10 +167,10 @@ def infer_rows(shape: dict, sparsities, batches, seq: int, reps: int, cuda: bool
   (jax-dense computed at ``highest`` matmul precision: true float32, not TF32)."""
   import jax
   from jaxprune import export, infer
-  from export_infer import interleaved  # bench/export_infer.py
+  from export_infer import interleaved, pruned_params  # bench/export_infer.py
   with tempfile.TemporaryDirectory() as tmp:
     for sparsity in sparsities:
-      params, masks, config = pruned_classifier(shape, sparsity)
+      params, masks, config = pruned_params(shape, sparsity)
       path = Path(tmp) / f"bert-{sparsity.replace(':', 'of')}.safetensors"
       size = export.export_sparse(params, masks, path, "float16" if cuda else "float32",
                                   config=config)
@@ -451,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     result["seconds"] = time.perf_counter() - t0
     write(args.out, result)
   log(f"wrote {args.out / 'accelerator_check.json'} and .md in {result['seconds']:.0f} s")
-  bad = [k for k in result["failed"]]
+  bad = list(result["failed"])
   if result.get("correctness") and not result["correctness"]["masks_equal"]:
     bad.append("correctness: masks differ")
   bad += [f"infer {r['sparsity']} b{r['batch']} {k}: error {v['error']:.1e}"

@@ -85,9 +85,11 @@ def parse_args() -> argparse.Namespace:
 # ----------------------------------------------------------------------------- setup
 
 
-def pruned_params(shape: str, sparsity: str, seed: int = 0):
-  """Random BERT params of a named shape, magnitude-pruned: (params, masks, config)."""
-  config = bert.BertConfig(**SHAPES[shape], num_labels=2)
+def pruned_params(shape: str | dict, sparsity: str, seed: int = 0):
+  """Random BERT params of a shape (a name in SHAPES, or BertConfig fields),
+  magnitude-pruned (2:4 or a fraction): (params, masks, config)."""
+  config = bert.BertConfig(**(SHAPES[shape] if isinstance(shape, str) else shape),
+                           num_labels=2)
   params = bert.init_params(bert.BertForSequenceClassification(config), jax.random.key(seed))
   if sparsity == "2:4":
     masks = masks_lib.magnitude_masks(params, None, masks_lib.BERT_ENCODER_MATRICES,

@@ -164,7 +164,7 @@ def cpu_model() -> str:
 class JaxStep:
   """A compiled jaxprune train step and its state (``prune``: distill_prune, else distill)."""
 
-  def __init__(self, s: Shape, prune: bool, dtype: str = "float32", device: Any = None):
+  def __init__(self, s: Shape, prune: bool, dtype: str = "float32"):
     import jax
     import optax
     from jaxprune import masks, optim, sharding, train, transforms
@@ -179,7 +179,7 @@ class JaxStep:
     if prune:
       tx = optax.chain(tx, transforms.prune_by_magnitude(self.schedule,
                                                          masks.BERT_ENCODER_MATRICES))
-    mesh = sharding.make_mesh((1, 1), devices=[device or jax.devices()[0]])
+    mesh = sharding.make_mesh((1, 1), devices=jax.devices()[:1])
     shardings = sharding.param_shardings(bert.logical_axes(student), mesh)
     params = random_params(student, 0)
     self.teacher_params = sharding.put(random_params(student, 1), shardings)
