@@ -61,6 +61,7 @@ def documented_runs(markdown: str) -> list[tuple[str, str]]:
   return re.findall(pattern, markdown, flags=re.S)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", ["README.md", "docs/pruning.md"])
 def test_documented_examples_print_what_the_docs_say(doc, tmp_path):
   runs = documented_runs((ROOT / doc).read_text())

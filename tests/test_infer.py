@@ -310,6 +310,7 @@ def test_torch_csr_fp16_on_cuda(semi_dir):
 # --------------------------------------------------------------------------- MiniLM
 
 
+@pytest.mark.slow
 def test_minilm_90_sparse_paths_match_dense(minilm_dir, tmp_path):
   from jaxprune.models import from_pretrained
   _, params, config = from_pretrained(minilm_dir, num_labels=2)

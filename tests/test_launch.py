@@ -345,6 +345,7 @@ def _alive(env: dict, name: str) -> list[int]:
   return alive
 
 
+@pytest.mark.slow
 def test_a_failing_worker_stops_the_other_and_is_named(fake, tmp_path):
   assert launcher("create", "pod", *WHERE, "--accelerator-type=v4-16", env=fake).returncode == 0
   assert launcher("setup", "pod", *WHERE, "--local", env=fake).returncode == 0

@@ -48,6 +48,7 @@ def teacher_dir(one_process_prune_run):
   return workdir
 
 
+@pytest.mark.slow
 def test_finetune_prune_eval_end_to_end(teacher_dir, tmp_path):
   t0 = time.time()
   config = tiny_config("sparsity=0.75")
@@ -172,6 +173,7 @@ def test_bfloat16_mixed_precision_tracks_float32(teacher_dir, tmp_path):
       assert x.dtype == np.float32, jax.tree_util.keystr(path)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(teacher_dir, tmp_path):
   config = tiny_config()
   config.teacher = str(teacher_dir)
@@ -187,6 +189,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(teacher_dir, tmp_path):
   assert all(s < bad_step for s in steps)
 
 
+@pytest.mark.slow
 def test_the_loop_waits_for_the_device_only_at_log_eval_and_checkpoint_steps(
     teacher_dir, tmp_path, monkeypatch):
   """The host queues steps without fetching anything between log, eval and checkpoint
@@ -253,6 +256,7 @@ def test_check_resume_lets_cadence_paths_and_placement_change(field, value):
   config_lib.check_resume(saved, config, "prune")
 
 
+@pytest.mark.slow
 def test_resuming_under_another_training_config_is_refused(one_process_prune_run, tmp_path):
   """A finished 4-device run's workdir resumed with another sparsity: exit 2, one line
   naming the field and its saved value, nothing written. With only the eval and log
@@ -273,6 +277,7 @@ def test_resuming_under_another_training_config_is_refused(one_process_prune_run
   assert ok.returncode == 0, ok.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_the_second_run_compiles_its_train_step_from_the_persistent_cache(tmp_path):
   """config.compilation_cache_dir: the first run writes the compiled train step there;
   a second run of the same shapes (a resumed preempted run is one) loads it (a miss
@@ -456,6 +461,7 @@ def test_reference_config_is_the_reference():
   assert c.trim_padding_to == 0 and c.max_seq_len == 128 and c.seed == 42
 
 
+@pytest.mark.slow
 def test_student_on_augmented_data_with_labels_and_a_prediction_only_phase(teacher_dir,
                                                                            tmp_path):
   config = tiny_config()
@@ -476,6 +482,7 @@ def test_student_on_augmented_data_with_labels_and_a_prediction_only_phase(teach
                                        rel=1e-4)
 
 
+@pytest.mark.slow
 def test_majority_baseline_comes_from_the_task_not_the_augmented_rows(teacher_dir, glue_dir,
                                                                        tmp_path):
   """An augmented split can flip the label mix (RTE x4 does): the summary's baseline, and
