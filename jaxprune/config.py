@@ -167,6 +167,9 @@ def base_config() -> ml_collections.ConfigDict:
   # reference), or over real "tokens" only (scale independent of padding; use it with
   # trim_padding_to, which changes the padding from batch to batch).
   config.distill.mean_over = "all"
+  # The attention term: "mse" of the raw scores (the reference) or "kl" of the attention
+  # distributions (MiniLM's; scale independent of the scores', docs/recipes.md).
+  config.distill.attention_loss = "mse"
   # Keep the teacher's dropout active during distillation (a reference quirk).
   config.distill.teacher_dropout = False
   # ReLU between the pooler and the classifier, teacher and student (a reference quirk).

@@ -49,6 +49,14 @@ padding a batch has (x2-x10 between batches when padding is trimmed per batch); 
 keeps it fixed. It is not the reference's arithmetic, so the ``reference`` preset
 leaves it off.
 
+With ``attention_loss="kl"`` the attention term compares attention *distributions*
+instead (MiniLM's self-attention distillation): per layer, ``KL(softmax(t) ||
+softmax(s))`` over the keys of every (head, query) row, averaged over rows (real query
+tokens with a ``token_mask``). Padded keys carry ~0 probability in both. The raw-score
+MSE grows with the scores' scale (12-120x the prediction term on the CPU presets,
+docs/recipes.md); the KL is bounded by the rows' entropies and is blind to a shift of a
+whole row, which the softmax ignores.
+
 This module imports only jax: ``import jaxprune`` stays light.
 
 Example::
@@ -71,6 +79,7 @@ import jax.numpy as jnp
 __all__ = [
     "KDWeights",
     "PARAMS_KEY",
+    "attention_kl",
     "attention_mse",
     "distillation_loss",
     "group_heads",
@@ -89,6 +98,8 @@ __all__ = [
 # Attention scores at or below this are padding (the model adds -10000 there).
 PADDING_THRESHOLD = -100.0
 PREDICTION_LOSSES = ("reference", "kl")
+# The attention term: MSE of the raw scores (the reference) or KL of the distributions.
+ATTENTION_LOSSES = ("mse", "kl")
 # What the attention and hidden MSEs average over: every entry (reference) or real tokens.
 MEAN_OVER = ("all", "tokens")
 # The top-level params key of the trainable distillation maps (W_h), beside the model's.
@@ -161,6 +172,33 @@ def attention_mse(student_scores: jax.Array, teacher_scores: jax.Array,
   if token_mask is not None:
     pairs = token_mask[:, None, :, None] * token_mask[:, None, None, :]
   return _weighted_mean(_per_example_mean(jnp.square(s - t), pairs), weight)
+
+
+def attention_kl(student_scores: jax.Array, teacher_scores: jax.Array,
+                 weight: jax.Array | None = None,
+                 token_mask: jax.Array | None = None) -> jax.Array:
+  """KL(teacher || student) of one layer's attention distributions, mean over rows.
+
+  Args:
+    student_scores: (batch, heads, len, len) pre-softmax scores of the student (the
+      padding mask already added, as ``BertOutput.attention_scores`` has it).
+    teacher_scores: the teacher's scores, same shape.
+    weight: optional (batch,) row weights.
+    token_mask: optional (batch, len) 1 for real tokens: average over the rows of real
+      query tokens only, instead of over all ``heads * len`` rows.
+
+  Returns:
+    A float32 scalar: the mean over (head, query) rows of
+    ``sum_k softmax(t)_k * (log_softmax(t)_k - log_softmax(s)_k)``.
+
+  Example: ``attention_kl(s.attention_scores[0], t.attention_scores[1])``.
+  """
+  _check_same_shape("attention scores", student_scores, teacher_scores)
+  log_s = jax.nn.log_softmax(student_scores.astype(jnp.float32), axis=-1)
+  log_t = jax.nn.log_softmax(teacher_scores.astype(jnp.float32), axis=-1)
+  rows = jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1)  # (batch, heads, len)
+  queries = None if token_mask is None else token_mask[:, None, :]
+  return _weighted_mean(_per_example_mean(rows, queries), weight)
 
 
 def hidden_mse(student_hidden: jax.Array, teacher_hidden: jax.Array,
@@ -338,6 +376,7 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
                       prediction_loss: str = "reference",
                       token_mask: jax.Array | None = None,
                       hidden_map: dict[str, jax.Array] | None = None,
+                      attention_loss: str = "mse",
                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The SparseBERT objective: weighted sum of the attention, hidden and prediction terms.
 
@@ -360,6 +399,8 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
       terms over real tokens only (None: over everything, as the reference).
     hidden_map: optional ``W_h`` (``init_hidden_map``): student hidden states are
       mapped to the teacher's width before the hidden term.
+    attention_loss: ``"mse"`` (``attention_mse`` of the raw scores: the reference) or
+      ``"kl"`` (``attention_kl`` of the attention distributions).
 
   Returns:
     ``(total, {"attention": ..., "hidden": ..., "prediction": ...})``, float32 scalars
@@ -374,6 +415,9 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
   if prediction_loss not in PREDICTION_LOSSES:
     raise ValueError(f"prediction_loss {prediction_loss!r}: expected one of "
                      f"{PREDICTION_LOSSES}")
+  if attention_loss not in ATTENTION_LOSSES:
+    raise ValueError(f"attention_loss {attention_loss!r}: expected one of "
+                     f"{ATTENTION_LOSSES}")
   zero = jnp.zeros((), jnp.float32)
   terms = {"attention": zero, "hidden": zero, "prediction": zero}
   attention, hidden = is_active(weights.attention), is_active(weights.hidden)
@@ -389,9 +433,10 @@ def distillation_loss(student: Any, teacher: Any, *, labels: jax.Array | None = 
     if attention:
       s_att, t_att = student.attention_scores, teacher.attention_scores
       heads = s_att[0].shape[1]
+      term = attention_mse if attention_loss == "mse" else attention_kl
       terms["attention"] = sum(
-          attention_mse(s_att[i], t_att[j] if t_att[j].shape[1] == heads
-                        else group_heads(t_att[j], heads), weight, token_mask)
+          term(s_att[i], t_att[j] if t_att[j].shape[1] == heads
+               else group_heads(t_att[j], heads), weight, token_mask)
           for i, j in enumerate(attention_map))
     if hidden:
       s_hid = _required(student, "hidden_states", "student")

@@ -152,6 +152,7 @@ def kd_weights(cfg: ml_collections.ConfigDict, total_steps: int) -> distill.KDWe
   one run: intermediate layers first, then predictions only)."""
   one_of("distill.prediction_loss", cfg.prediction_loss, distill.PREDICTION_LOSSES)
   one_of("distill.mean_over", cfg.mean_over, distill.MEAN_OVER)
+  one_of("distill.attention_loss", cfg.attention_loss, distill.ATTENTION_LOSSES)
   if not cfg.temperature > 0:
     raise ConfigError(f"distill.temperature={cfg.temperature}: expected > 0")
   if not 0.0 < cfg.intermediate_until <= 1.0:

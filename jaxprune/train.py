@@ -111,6 +111,7 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
                     temperature: float = 1.0, prediction_loss: str = "reference",
                     teacher_dropout: bool = False,
                     kd_mean_over: str = "all",
+                    attention_loss: str = "mse",
                     learning_rate: optax.ScalarOrSchedule | None = None,
                     prune_where: masks_lib.Where = masks_lib.BERT_ENCODER_MATRICES,
                     ) -> Callable[[TrainState, Any, Batch], tuple[TrainState, Metrics]]:
@@ -131,6 +132,8 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
     teacher_dropout: run the teacher with dropout on (the reference's quirk).
     kd_mean_over: ``"all"`` (the reference: attention and hidden MSEs averaged over
       every entry, padding included) or ``"tokens"`` (over real tokens only).
+    attention_loss: ``"mse"`` (the reference: raw attention scores) or ``"kl"``
+      (attention distributions; see ``distill.distillation_loss``).
     learning_rate: the optimizer's learning rate (a float or a schedule of the step) for
       the ``learning_rate`` metric; if None it is read from an ``inject_hyperparams``
       state inside ``opt_state``.
@@ -163,6 +166,9 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
   if prediction_loss not in distill.PREDICTION_LOSSES:
     raise ValueError(f"prediction_loss {prediction_loss!r}: expected one of "
                      f"{distill.PREDICTION_LOSSES}")
+  if attention_loss not in distill.ATTENTION_LOSSES:
+    raise ValueError(f"attention_loss {attention_loss!r}: expected one of "
+                     f"{distill.ATTENTION_LOSSES}")
   regression = student.config.num_labels == 1
   need_attention = distills and distill.is_active(kd_weights.attention)
   need_hidden = distills and distill.is_active(kd_weights.hidden)
@@ -183,7 +189,7 @@ def make_train_step(student: nn.Module, tx: optax.GradientTransformation, *,
             weights=distill.KDWeights(*(w(step) if callable(w) else w for w in kd_weights)),
             temperature=temperature, prediction_loss=prediction_loss,
             token_mask=batch["attention_mask"] if kd_mean_over == "tokens" else None,
-            hidden_map=maps.get("hidden_map"))
+            hidden_map=maps.get("hidden_map"), attention_loss=attention_loss)
       return total, {f"{k}_loss": v for k, v in terms.items()}
     if regression:
       return distill.regression_mse(out.logits, batch["labels"], batch["weight"]), {}

@@ -197,6 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       student, run.tx, mode=run.mode, teacher=teacher, kd_weights=run.kd_weights,
       temperature=config.distill.temperature, prediction_loss=config.distill.prediction_loss,
       teacher_dropout=config.distill.teacher_dropout, kd_mean_over=config.distill.mean_over,
+      attention_loss=config.distill.attention_loss,
       learning_rate=run.learning_rate, prune_where=run.where),
       mesh, placed.state_shardings, placed.teacher_shardings)
   eval_step = sharding.jit_eval_step(train.make_eval_step(student), mesh,

@@ -37,6 +37,30 @@ def test_attention_mse_zeroes_padding_but_counts_it_in_the_mean():
   np.testing.assert_allclose(distill.attention_mse(s, t2), expected, rtol=RTOL)
 
 
+def test_attention_kl_compares_distributions_per_query_row():
+  rs = np.random.RandomState(3)
+  lengths = [5, 3, 1]  # real tokens per example, of 5
+  mask = np.array([[1] * n + [0] * (5 - n) for n in lengths], np.int32)
+  s = rs.standard_normal((3, 2, 5, 5)).astype(np.float32) * 3
+  t = rs.standard_normal((3, 2, 5, 5)).astype(np.float32) * 3
+  s -= 10000.0 * (1 - mask[:, None, None, :])  # padded keys, as the model
+  t -= 10000.0 * (1 - mask[:, None, None, :])
+  log_s, log_t = np_log_softmax(s.astype(np.float64)), np_log_softmax(t.astype(np.float64))
+  rows = np.sum(np.exp(log_t) * (log_t - log_s), axis=-1)  # (batch, heads, queries)
+  np.testing.assert_allclose(distill.attention_kl(s, t), rows.mean(), rtol=RTOL)
+  # Real query rows only: per example over heads * n rows, then over the batch.
+  per_example = [rows[b, :, :n].mean() for b, n in enumerate(lengths)]
+  np.testing.assert_allclose(distill.attention_kl(s, t, token_mask=mask),
+                             np.mean(per_example), rtol=RTOL)
+  # Zero for equal distributions, whatever a row's shift (the softmax ignores it) ...
+  np.testing.assert_allclose(distill.attention_kl(t + 4.0, t), 0.0, atol=1e-6)
+  assert float(distill.attention_mse(t + 4.0, t)) > 1.0  # ... which the MSE counts
+  # ... and a weight-0 row does not count.
+  weight = np.array([1.0, 0.0, 1.0], np.float32)
+  np.testing.assert_allclose(distill.attention_kl(s, t, weight),
+                             rows[[0, 2]].mean(), rtol=RTOL)
+
+
 def test_hidden_mse_is_the_plain_mean_including_padding():
   rs = np.random.RandomState(1)
   s, t = rs.standard_normal((2, 3, 4, 8)).astype(np.float32)
@@ -193,6 +217,20 @@ def test_distillation_loss_kl_option_and_skipped_terms():
     distill.distillation_loss(student, teacher)
   with pytest.raises(ValueError, match="prediction_loss"):
     distill.distillation_loss(student, teacher, prediction_loss="mse")
+
+
+def test_distillation_loss_attention_kl_option_maps_layers_like_the_mse():
+  rs = np.random.RandomState(10)
+  student, teacher = fake_output(rs, 2), fake_output(rs, 4)
+  weights = distill.KDWeights(attention=2.0, hidden=0.0, prediction=0.0)
+  total, terms = distill.distillation_loss(student, teacher, weights=weights,
+                                           attention_loss="kl")
+  kl = sum(distill.attention_kl(student.attention_scores[i], teacher.attention_scores[j])
+           for i, j in [(0, 1), (1, 3)])  # layer_map(2, 4), as the MSE's
+  np.testing.assert_allclose(terms["attention"], kl, rtol=RTOL)
+  np.testing.assert_allclose(total, 2.0 * kl, rtol=RTOL)
+  with pytest.raises(ValueError, match="attention_loss"):
+    distill.distillation_loss(student, teacher, attention_loss="cosine")
 
 
 def test_regression_prediction_term_uses_gold_labels_not_the_teacher():

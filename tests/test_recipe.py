@@ -54,6 +54,9 @@ def test_kd_weights_switch_intermediate_terms_off_after_the_fraction():
   assert w.prediction == 1.0 and w.labels == 0.5
   config.distill.attention_weight = 0.0  # a switched-off term stays statically off
   assert recipe.kd_weights(config.distill, 100).attention == 0.0
+  config.distill.attention_loss = "cosine"
+  with pytest.raises(ConfigError, match=r"^distill.attention_loss='cosine': expected 'mse' or 'kl'$"):
+    recipe.kd_weights(config.distill, 100)
 
 
 def test_bert_adam_has_a_constant_rate_and_adamw_a_schedule():

@@ -19,8 +19,8 @@ def test_grid_is_the_issue_grid():
   assert len(cells) == len(names)
   # 5 tasks x (sparsebert, magnitude, small_dense) x 2 sparsities, +2 seeds x 2 methods on
   # RTE and MRPC at 0.9, + 4 ablations on RTE and MRPC at 0.9, + 2 seeds of RTE's
-  # prediction-only student (CONFIRM), + the fix at 0.95, + 3 levers on MRPC and STS-B.
-  assert len(cells) == 5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 2 + 5 + 2 * 3
+  # prediction-only student (CONFIRM), + the fix at 0.95, + 4 levers on MRPC and STS-B.
+  assert len(cells) == 5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 2 + 5 + 2 * 4
   assert ("RTE", "sparsebert-s90-seed2") in names and ("CoLA", "sparsebert-s90-seed1") not in names
   assert ("MRPC", "no_hidden-s90-seed0") in names and ("MRPC", "no_hidden-s95-seed0") not in names
   assert ("STS-B", "prediction_only-s90-seed0") not in names
@@ -41,7 +41,8 @@ def test_each_lever_changes_one_thing_from_the_grids_sparsebert(tmp_path):
   plain = study.cell_config(study.Cell("STS-B", "sparsebert", 0.95, 0), tmp_path, False)
   for method, key, value in (("attention_light", "attention_weight", study.ATTENTION_LIGHT),
                              ("intermediate_ramp_only", "intermediate_until",
-                              plain.prune.ramp_fraction)):
+                              plain.prune.ramp_fraction),
+                             ("attention_kl", "attention_loss", "kl")):
     lever = study.cell_config(study.Cell("STS-B", method, 0.95, 0), tmp_path, False)
     assert lever.distill[key] == value != plain.distill[key]
     lever.distill[key] = plain.distill[key]
@@ -150,14 +151,14 @@ def test_report_averages_targets_and_keeps_the_discussion(tmp_path):
   text = md.read_text()
   assert text.startswith("# Results\n\nintro\n\n") and text.endswith("## Why\nkept\n")
   # RTE and MRPC: 3 methods x 2 sparsities + 2 x 2 seeds + 4 ablations + the 95% fix = 15
-  # each, + RTE's 2 follow-up seeds, + MRPC's 3 levers.
-  assert "STALE" not in text and "Cells run: 4 of 35." in text
+  # each, + RTE's 2 follow-up seeds, + MRPC's 4 levers.
+  assert "STALE" not in text and "Cells run: 4 of 36." in text
   # At or below the majority class (0.5 here): marked, with the note under the table.
   assert "| sparsebert | 49.00 ± 1.41† (98.0%) | 80.00 (80.0%) | 89.0% |" in text
   assert "| magnitude | 45.00† (90.0%) | pending | 90.0% (1 of 2 tasks) |" in text
   assert text.count(study.AT_BASELINE_NOTE) == 1
   assert "| RTE | magnitude | 0.90 | 1 | accuracy | 45.00† | 90.0% |" in text
-  assert "Pending (31): RTE small_dense-s90-seed0" in text
+  assert "Pending (32): RTE small_dense-s90-seed0" in text
 
 
 def test_report_says_which_cells_ran_on_which_machine():

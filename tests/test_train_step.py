@@ -141,15 +141,15 @@ def test_prune_labels_prunes_on_schedule_without_a_teacher(label_batch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mean_over", ["all", "tokens"])
-def test_distill_dense_kl_matches_distillation_loss_and_teacher_dropout_switch(label_batch,
-                                                                             mean_over):
+@pytest.mark.parametrize("mean_over,attention_loss", [("all", "mse"), ("tokens", "kl")])
+def test_distill_dense_kl_matches_distillation_loss_and_teacher_dropout_switch(
+    label_batch, mean_over, attention_loss):
   student, teacher = no_dropout(1), bert.BertForSequenceClassification(
       bert.BertConfig.tiny(num_hidden_layers=2))  # the teacher keeps its 0.1 dropout
   s_params, t_params = worker.random_params(student, 0), worker.random_params(teacher, 1)
   tx = optax.adam(1e-3)
   kwargs = dict(mode="distill", teacher=teacher, prediction_loss="kl", temperature=2.0,
-                learning_rate=1e-3, kd_mean_over=mean_over)
+                learning_rate=1e-3, kd_mean_over=mean_over, attention_loss=attention_loss)
   assert (label_batch["attention_mask"] == 0).any()  # so that the two means differ
   state = train.create_train_state(s_params, tx, jax.random.key(0))
   _, m = jax.jit(train.make_train_step(student, tx, **kwargs))(state, t_params, label_batch)
@@ -163,7 +163,8 @@ def test_distill_dense_kl_matches_distillation_loss_and_teacher_dropout_switch(l
     t = teacher.apply({"params": t_params}, *args, **outputs)
     return distill.distillation_loss(
         s, t, weight=batch["weight"], temperature=2.0, prediction_loss="kl",
-        token_mask=batch["attention_mask"] if mean_over == "tokens" else None)
+        token_mask=batch["attention_mask"] if mean_over == "tokens" else None,
+        attention_loss=attention_loss)
 
   total, terms = expected(label_batch)
   assert float(m["loss"]) == pytest.approx(float(total), rel=1e-5)
@@ -196,6 +197,8 @@ def test_mode_and_optimizer_must_agree(label_batch):
     train.make_train_step(model, dense, mode="distill_prune")
   with pytest.raises(ValueError, match="mode"):
     train.make_train_step(model, dense, mode="prune")
+  with pytest.raises(ValueError, match="attention_loss 'cosine'"):
+    train.make_train_step(model, dense, mode="distill", teacher=model, attention_loss="cosine")
   with pytest.raises(ValueError, match="learning rate"):
     jax.eval_shape(train.make_train_step(model, dense, mode="finetune"),
                    train.create_train_state(params, dense, jax.random.key(0)), None,
