@@ -70,6 +70,9 @@ def main(argv: list[str]) -> None:
   except (UserError, FileNotFoundError) as e:  # one line, exit code 2, no traceback
     print(f"jaxprune: error: {e}", file=sys.stderr)
     _exit(2)
+  except OSError as e:  # storage out of reach (after gcsfs's retries), no permission, full
+    print(f"jaxprune: error: {type(e).__name__}: {e}", file=sys.stderr)
+    _exit(2)
   except TrainingError as e:
     print(f"jaxprune: stopped: {e}", file=sys.stderr)
     sys.exit(3)

@@ -197,6 +197,24 @@ def test_bad_input_is_one_line_exit_2(case, tmp_path, minilm_dir, monkeypatch):
   assert _files(tmp_path) == before  # nothing written, nothing half-written
 
 
+def test_storage_out_of_reach_is_one_line_exit_2(monkeypatch):
+  """A gs:// work directory the machine cannot reach (no network, a wrong emulator
+  address) ends, after gcsfs's retries (~40 s), in aiohttp's ClientConnectorError, an
+  OSError: one line and exit 2, not a traceback. Simulated here where the CLI first
+  touches the work directory, to spare the test the retries."""
+  from jaxprune import paths
+
+  def unreachable(path):
+    raise ConnectionRefusedError(111, "Cannot connect to host 127.0.0.1:9")
+
+  monkeypatch.setattr(paths, "exists", unreachable)
+  code, stderr = _run("--mode=export", "--workdir=gs://jaxprune-test/never-written")
+  lines = [l for l in stderr.splitlines() if l.startswith("jaxprune: error:")]
+  assert code == 2 and "Traceback" not in stderr, stderr[-3000:]
+  assert lines == ["jaxprune: error: ConnectionRefusedError: [Errno 111] Cannot connect to "
+                   "host 127.0.0.1:9"], stderr[-3000:]
+
+
 def test_the_table_has_25_cases_or_more_and_every_setup_is_used():
   assert len(CASES) >= 25
   assert set(SETUPS) <= {c[0] for c in CASES}
