@@ -3,7 +3,8 @@
 Also what makes the suite fit its time budget on 2 cores (tests/README.md has the
 measurements): one XLA compilation cache and one XLA optimisation level for the pytest
 workers and every process they start, runs shared across pytest-xdist workers
-(``shared_run``), the slow tests scheduled first, and the closing budget line.
+(``shared_run``), the slow tests dealt out first to each worker (``worker_chunks``),
+and the closing budget line.
 """
 
 import atexit
@@ -254,10 +255,36 @@ BUDGET_MINUTES = 11.0
 _START = time.time()
 
 
+def worker_chunks(items: list, workers: int) -> list:
+  """``items`` reordered so that each of pytest-xdist's ``workers`` starts on its share of
+  the tests marked ``slow`` and ends on short ones.
+
+  ``--dist worksteal`` first hands each worker one contiguous chunk of the collection
+  (``len // workers`` items, in order), then an idle worker steals the second half of the
+  longest queue, from its end. With every slow test first in the collection, worker 0's
+  chunk held all of them: worker 1 ran short tests, then stole, and the two met inside
+  the slow block, so the run ended on a long test with the other worker idle (33 s of
+  598, tests/README.md). Here the slow tests are dealt round-robin (in collection
+  order) into the chunks, each chunk's slow ones first, so that steals take short tests
+  and both workers end on short ones. Without xdist (``workers`` 1): slow first.
+  """
+  slow = [i for i in items if i.get_closest_marker("slow") is not None]
+  quick = [i for i in items if i.get_closest_marker("slow") is None]
+  chunks, left = [], len(items)
+  for w in range(workers):  # worksteal's sizes: what is left // the workers left
+    size = left // (workers - w)
+    chunk = slow[w::workers]
+    chunks.append((chunk, max(0, size - len(chunk))))
+    left -= size
+  out, taken = [], 0
+  for chunk, room in chunks:
+    out += chunk + quick[taken:taken + room]
+    taken += room
+  return out + quick[taken:]
+
+
 def pytest_collection_modifyitems(session, config, items):
-  """Tests marked ``slow`` run first (each module's in their order), so that xdist's
-  workers share the long ones out at the start and end on short ones."""
-  items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable sort
+  items[:] = worker_chunks(items, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
