@@ -24,9 +24,10 @@ __version__ = "0.1.0"
 
 # Module (under jaxprune.) -> the public names it defines.
 _PUBLIC = {
-    "distill": ("KDWeights", "attention_mse", "distillation_loss", "group_heads",
-                "hidden_mse", "init_hidden_map", "kl_divergence", "label_cross_entropy",
-                "layer_map", "regression_mse", "soft_cross_entropy", "split_params"),
+    "distill": ("KDWeights", "attention_kl", "attention_mse", "distillation_loss",
+                "group_heads", "hidden_mse", "init_hidden_map", "kl_divergence",
+                "label_cross_entropy", "layer_map", "regression_mse", "soft_cross_entropy",
+                "split_params"),
     "masks": ("BERT_ENCODER_MATRICES", "Blocks", "LeafSparsity", "NM", "SparsityReport",
               "apply_masks", "keep_count", "magnitude_masks", "prunable_tree", "select",
               "sparsity_report"),
