@@ -188,22 +188,24 @@ def cell_config(cell: Cell, teacher: Path, smoke: bool):
     config.distill.intermediate_until = config.prune.ramp_fraction
   if cell.method == "attention_kl":
     config.distill.attention_loss = "kl"
-  if cell.method == "augmented":  # the plain cell's steps, over augmented text
-    config.train.num_steps = plain_steps(config)
+  if cell.method == "augmented":  # the plain cell's steps and evaluations, augmented text
+    config.train.num_steps, per_epoch = plain_steps(config)
+    config.train.eval_every = config.train.eval_every or per_epoch
     config.augment_copies = AUGMENT_COPIES
     config.aug_dir = str(teacher.parent / f"augmented-x{AUGMENT_COPIES}")
   return config
 
 
-def plain_steps(config: Any) -> int:
-  """The student steps of ``config`` on its own (unaugmented) training split: what the
-  trainer derives from ``train.epochs``, fixed so that an augmented cell trains as long."""
+def plain_steps(config: Any) -> tuple[int, int]:
+  """(student steps, steps per epoch) of ``config`` on its own (unaugmented) training
+  split, as the trainer derives them: fixed so that an augmented cell trains as long and
+  evaluates as often (every epoch of the split, not of its 20x larger augmentation)."""
   from jaxprune import data
   n = len(data.read_split(config, data.get_task(config.task), "train"))
   if config.train_subsample:
     n = min(n, config.train_subsample)
-  return max(1, int(round(config.train.epochs * data.steps_per_epoch(
-      n, config.train.batch_size))))
+  per_epoch = data.steps_per_epoch(n, config.train.batch_size)
+  return max(1, int(round(config.train.epochs * per_epoch))), per_epoch
 
 
 class _Stopwatch:

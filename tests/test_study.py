@@ -55,12 +55,15 @@ def test_the_augmented_lever_trains_as_many_steps_on_augmented_text(tmp_path):
   lever = study.cell_config(study.Cell("STS-B", "augmented", 0.95, 0), teacher, False)
   # STS-B's 5,749 training pairs: 179 batches of 32 an epoch, 10 epochs.
   assert plain.train.num_steps == 0 and plain.train.epochs == 10 and plain.train.batch_size == 32
-  assert study.plain_steps(plain) == 1790 == lever.train.num_steps
+  assert study.plain_steps(plain) == (1790, 179) and lever.train.num_steps == 1790
+  # Evaluated every epoch of the split, as the plain cell (eval_every 0 = every epoch of
+  # the training data, which the augmentation makes ~20x longer).
+  assert plain.train.eval_every == 0 and lever.train.eval_every == 179
   assert lever.augment_copies == study.AUGMENT_COPIES > 0 == plain.augment_copies
   assert lever.aug_dir == str(tmp_path / "STS-B" / f"augmented-x{study.AUGMENT_COPIES}")
   for key in ("augment_copies", "aug_dir"):
     lever[key] = plain[key]
-  lever.train.num_steps = plain.train.num_steps
+  lever.train.num_steps, lever.train.eval_every = plain.train.num_steps, plain.train.eval_every
   assert lever.to_dict() == plain.to_dict()
 
 
