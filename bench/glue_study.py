@@ -23,13 +23,14 @@ cells of (task, method, sparsity, seed):
 * ``sparsebert_long``: SparseBERT trained twice as long (the sparsity ramp and the steps
   at the final sparsity both doubled), the fix tried where the score was still rising at
   95% (``FIXES``: not part of the issue's grid, run after it);
-* ``attention_light``, ``intermediate_ramp_only``, ``augmented``, ``attention_kl``:
-  levers for 95% (``LEVERS``, on MRPC and STS-B, run last): the attention MSE weighted
+* ``attention_light``, ``intermediate_ramp_only``, ``augmented``, ``attention_kl``,
+  ``lr_low``: levers for 95% (``LEVERS``, on MRPC and STS-B, run last): the attention MSE weighted
   0.1 instead of 1; the attention and hidden terms switched off when the sparsity ramp
   ends instead of at 80%; the same number of steps drawn from a TinyBERT-style augmentation of the
   training split (``AUGMENT_COPIES`` draws per text, created once per task under
   ``<root>/<task>/augmented-x<N>``) instead of epochs over the split itself; the
-  attention term as the KL of the attention distributions instead of the raw scores' MSE.
+  attention term as the KL of the attention distributions instead of the raw scores' MSE;
+  the student's learning rate at ``LR_LOW`` instead of the preset's.
 
 Sparsities 0.9 and 0.95; the ablations and ``sparsebert_from_teacher`` on RTE and MRPC
 at 0.9 only; seeds 0-2 for ``sparsebert`` and ``small_dense`` at 0.9 on RTE and MRPC,
@@ -63,7 +64,7 @@ TASKS = ("RTE", "MRPC", "STS-B", "CoLA", "SST-2")
 SST2_SUBSAMPLE = 8000  # seeded subsample of SST-2's 67k training sentences
 METHODS = ("sparsebert", "magnitude", "sparsebert_from_teacher", "small_dense",
            "no_attention", "no_hidden", "prediction_only", "sparsebert_long",
-           "attention_light", "intermediate_ramp_only", "augmented", "attention_kl")
+           "attention_light", "intermediate_ramp_only", "augmented", "attention_kl", "lr_low")
 ABLATIONS = ("sparsebert_from_teacher", "no_attention", "no_hidden", "prediction_only")
 ABLATION_TASKS = ("RTE", "MRPC")  # the ablations run at 90% on these only
 FIXES = {"sparsebert_long": 0.95}  # method -> the sparsity it is tried at
@@ -71,15 +72,21 @@ FIXES = {"sparsebert_long": 0.95}  # method -> the sparsity it is tried at
 # SparseBERT cell of the same seed (the terms' balance: with 1:1 weights the attention
 # MSE is 12-120x the prediction term; the intermediate terms during the ramp only).
 LEVERS = {"attention_light": 0.95, "intermediate_ramp_only": 0.95, "augmented": 0.95,
-          "attention_kl": 0.95}
+          "attention_kl": 0.95, "lr_low": 0.95}
 LEVER_TASKS = ("MRPC", "STS-B")
 ATTENTION_LIGHT = 0.1  # attention_light's attention weight (hidden and prediction keep 1)
+# lr_low's student learning rate: a third of the preset's 3e-4 (the teacher's; the reference
+# distils at 3e-5). MRPC at 95% collapses to one class mid-ramp on seeds 0 and 1 (F1 18.6
+# and 22.4 at one evaluation) with and without the attention KL.
+LR_LOW = 1e-4
 AUGMENT_COPIES = 10  # augmented's draws per text (the issue's x10; MRPC: 3,668 -> ~77k rows)
 # Follow-ups: an ablation whose one seed was the best student found for its task gets
 # seeds 1 and 2 as well before it becomes that task's preset (RTE: the prediction term
 # alone, 58.12 on seed 0 against SparseBERT's 51.14 ± 0.83; MRPC at 95%: the attention KL,
-# 82.35 F1 on seed 0 against the plain cell's 80.38, run on STS-B's seeds alongside).
-CONFIRM = (("RTE", "prediction_only"), ("MRPC", "attention_kl"), ("STS-B", "attention_kl"))
+# 82.35 F1 on seed 0 against the plain cell's 80.38, run on STS-B's seeds alongside; the
+# plain cell's seeds at 95% on MRPC, which that comparison needs).
+CONFIRM = (("RTE", "prediction_only"), ("MRPC", "sparsebert"), ("MRPC", "attention_kl"),
+           ("STS-B", "attention_kl"))
 
 
 class Cell(NamedTuple):
@@ -188,6 +195,8 @@ def cell_config(cell: Cell, teacher: Path, smoke: bool):
     config.distill.intermediate_until = config.prune.ramp_fraction
   if cell.method == "attention_kl":
     config.distill.attention_loss = "kl"
+  if cell.method == "lr_low":
+    config.train.lr = LR_LOW
   if cell.method == "augmented":  # the plain cell's steps and evaluations, augmented text
     config.train.num_steps, per_epoch = plain_steps(config)
     config.train.eval_every = config.train.eval_every or per_epoch

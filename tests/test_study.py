@@ -19,9 +19,9 @@ def test_grid_is_the_issue_grid():
   assert len(cells) == len(names)
   # 5 tasks x (sparsebert, magnitude, small_dense) x 2 sparsities, +2 seeds x 2 methods on
   # RTE and MRPC at 0.9, + 4 ablations on RTE and MRPC at 0.9, + 2 seeds of RTE's
-  # prediction-only student (CONFIRM), + the fix at 0.95, + 4 levers on MRPC and STS-B,
-  # + 2 seeds of the attention-KL lever on each (CONFIRM).
-  assert len(cells) == 5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 2 + 5 + 2 * 4 + 2 * 2
+  # prediction-only student (CONFIRM), + the fix at 0.95, + 5 levers on MRPC and STS-B,
+  # + 2 seeds of the attention-KL lever on each and of MRPC's SparseBERT at 0.95 (CONFIRM).
+  assert len(cells) == 5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 2 + 5 + 2 * 5 + 2 * 2 + 2
   assert ("RTE", "sparsebert-s90-seed2") in names and ("CoLA", "sparsebert-s90-seed1") not in names
   assert ("MRPC", "no_hidden-s90-seed0") in names and ("MRPC", "no_hidden-s95-seed0") not in names
   assert ("STS-B", "prediction_only-s90-seed0") not in names
@@ -30,25 +30,27 @@ def test_grid_is_the_issue_grid():
                         for m in ("sparsebert", "magnitude", "small_dense")]
   assert {c.sparsity for c in cells[15:30]} == {0.95}
   assert [c.seed for c in cells[30:38]] == [1, 2] * 4
-  assert {c.method for c in cells[38:46]} == set(study.ABLATIONS)
-  assert cells[46:48] == [study.Cell("RTE", "prediction_only", 0.9, s) for s in (1, 2)]
+  assert cells[38:40] == [study.Cell("MRPC", "sparsebert", 0.95, s) for s in (1, 2)]
+  assert {c.method for c in cells[40:48]} == set(study.ABLATIONS)
+  assert cells[48:50] == [study.Cell("RTE", "prediction_only", 0.9, s) for s in (1, 2)]
   assert ("MRPC", "prediction_only-s90-seed1") not in names
-  assert cells[48:53] == [study.Cell(t, "sparsebert_long", 0.95, 0) for t in study.TASKS]
-  assert cells[53:61] == [study.Cell(t, m, 0.95, 0) for t in study.LEVER_TASKS
+  assert cells[50:55] == [study.Cell(t, "sparsebert_long", 0.95, 0) for t in study.TASKS]
+  assert cells[55:65] == [study.Cell(t, m, 0.95, 0) for t in study.LEVER_TASKS
                           for m in study.LEVERS]
-  assert cells[61:] == [study.Cell(t, "attention_kl", 0.95, s) for t in study.LEVER_TASKS
+  assert cells[65:] == [study.Cell(t, "attention_kl", 0.95, s) for t in study.LEVER_TASKS
                         for s in (1, 2)]
 
 
 def test_each_lever_changes_one_thing_from_the_grids_sparsebert(tmp_path):
   plain = study.cell_config(study.Cell("STS-B", "sparsebert", 0.95, 0), tmp_path, False)
-  for method, key, value in (("attention_light", "attention_weight", study.ATTENTION_LIGHT),
-                             ("intermediate_ramp_only", "intermediate_until",
-                              plain.prune.ramp_fraction),
-                             ("attention_kl", "attention_loss", "kl")):
+  for method, section, key, value in (
+      ("attention_light", "distill", "attention_weight", study.ATTENTION_LIGHT),
+      ("intermediate_ramp_only", "distill", "intermediate_until", plain.prune.ramp_fraction),
+      ("attention_kl", "distill", "attention_loss", "kl"),
+      ("lr_low", "train", "lr", study.LR_LOW)):
     lever = study.cell_config(study.Cell("STS-B", method, 0.95, 0), tmp_path, False)
-    assert lever.distill[key] == value != plain.distill[key]
-    lever.distill[key] = plain.distill[key]
+    assert lever[section][key] == value != plain[section][key]
+    lever[section][key] = plain[section][key]
     assert lever.to_dict() == plain.to_dict()
 
 
@@ -157,14 +159,15 @@ def test_report_averages_targets_and_keeps_the_discussion(tmp_path):
   text = md.read_text()
   assert text.startswith("# Results\n\nintro\n\n") and text.endswith("## Why\nkept\n")
   # RTE and MRPC: 3 methods x 2 sparsities + 2 x 2 seeds + 4 ablations + the 95% fix = 15
-  # each, + RTE's 2 follow-up seeds, + MRPC's 4 levers and the attention KL's 2 seeds.
-  assert "STALE" not in text and "Cells run: 4 of 38." in text
+  # each, + RTE's 2 follow-up seeds, + MRPC's 5 levers, and 2 more seeds of its attention
+  # KL and of its SparseBERT at 0.95.
+  assert "STALE" not in text and "Cells run: 4 of 41." in text
   # At or below the majority class (0.5 here): marked, with the note under the table.
   assert "| sparsebert | 49.00 ± 1.41† (98.0%) | 80.00 (80.0%) | 89.0% |" in text
   assert "| magnitude | 45.00† (90.0%) | pending | 90.0% (1 of 2 tasks) |" in text
   assert text.count(study.AT_BASELINE_NOTE) == 1
   assert "| RTE | magnitude | 0.90 | 1 | accuracy | 45.00† | 90.0% |" in text
-  assert "Pending (34): RTE small_dense-s90-seed0" in text
+  assert "Pending (37): RTE small_dense-s90-seed0" in text
 
 
 def test_report_says_which_cells_ran_on_which_machine():
