@@ -529,7 +529,9 @@ def report(rows: list[dict], out_md: Path, cells: list[Cell] | None = None,
             "encoder weights"), (out_md.with_name(out_md.stem + "_retention.png"),
                                  _plot_retention, "retention vs sparsity"),
            (out_md.with_name(out_md.stem + "_curves.png"), _plot_curves,
-            "dev score during training")]
+            "dev score during training"),
+           (out_md.with_name(out_md.stem + "_levers.png"), _plot_levers,
+            "dev score during training at 95%, every seed of the levers")]
   for path, plot, title in plots:
     if plot(groups, path):
       lines += ["", f"![{title}]({path.name})"]
@@ -555,7 +557,7 @@ def _figure(n: int, width: float = 4):
 def _color(method: str) -> str:
   """One colour per method in every plot (matplotlib's ten, then two more)."""
   i = METHODS.index(method)
-  return f"C{i}" if i < 10 else ("navy", "darkgoldenrod")[i - 10]
+  return f"C{i}" if i < 10 else ("navy", "darkgoldenrod", "teal")[i - 10]
 
 
 def _reference_lines(ax, row: dict) -> None:
@@ -623,6 +625,42 @@ def _plot_curves(groups: dict[tuple, list[dict]], path: Path) -> bool:
     ax.set(title=f"{task}, 90% (dotted: final sparsity)", xlabel="step",
            ylabel=first["metric"])
     ax.grid(alpha=0.3)
+  return _save(fig, path)
+
+
+def _plot_levers(groups: dict[tuple, list[dict]], path: Path) -> bool:
+  """Dev score over training steps at 95% on the lever tasks: one row per task, one
+  panel per method (the grid's SparseBERT, the fix and the levers), one line per seed,
+  with the point where the final sparsity is reached marked: a run that loses the task
+  mid-ramp shows as a dip to one class's score."""
+  shown = ("sparsebert", *FIXES, *LEVERS)
+  runs = {(t, m): sorted((r for r in groups.get((t, m, 0.95), []) if r.get("curve")),
+                         key=lambda r: r["seed"]) for t in LEVER_TASKS for m in shown}
+  tasks = [t for t in LEVER_TASKS if any(runs[t, m] for m in LEVERS)]
+  methods = [m for m in shown if any(runs[t, m] for t in tasks)]
+  try:
+    from matplotlib.figure import Figure
+  except ImportError:
+    return False
+  if not tasks:
+    return False
+  fig = Figure(figsize=(3.2 * len(methods), 3.0 * len(tasks)))
+  axes = fig.subplots(len(tasks), len(methods), squeeze=False, sharey="row")
+  for row, task in zip(axes, tasks):
+    for ax, method in zip(row, methods):
+      for r in runs[task, method]:
+        steps, sparsity, score = zip(*r["curve"])
+        ax.plot(steps, [100 * v for v in score], ".-", lw=1, color=f"C{r['seed']}",
+                label=f"seed {r['seed']}")
+        final = next((st for st, sp in zip(steps, sparsity) if sp >= 0.95 - 1e-3), None)
+        if final is not None:
+          ax.axvline(final, color="0.6", lw=0.5, ls=":")
+      first = next((rs[0] for (t, _, _), rs in groups.items() if t == task), None)
+      if first is not None:
+        _reference_lines(ax, first)
+      ax.set(title=f"{task} 95%: {method}", xlabel="step")
+      ax.grid(alpha=0.3)
+    row[0].set(ylabel=runs[task, next(m for m in methods if runs[task, m])][0]["metric"])
   return _save(fig, path)
 
 

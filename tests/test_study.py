@@ -170,6 +170,24 @@ def test_report_averages_targets_and_keeps_the_discussion(tmp_path):
   assert "Pending (37): RTE small_dense-s90-seed0" in text
 
 
+def test_levers_plot_shows_every_seed_of_the_95_cells_of_the_lever_tasks(tmp_path):
+  no_levers = [_row("MRPC", "sparsebert", 0.95, 0, 0.8, 0.9)]
+  assert not study._plot_levers(study._groups(no_levers), tmp_path / "none.png")
+  from matplotlib.image import imread
+  rows = no_levers + [_row("MRPC", "attention_kl", 0.95, s, 0.8, 0.9) for s in range(3)]
+  rows.append(_row("MRPC", "lr_low", 0.9, 0, 0.8, 0.9))  # not at 95%: no panel
+  two = tmp_path / "two.png"
+  assert study._plot_levers(study._groups(rows), two)
+  three = tmp_path / "three.png"  # one panel more: lr_low at 95%
+  assert study._plot_levers(study._groups(rows + [_row("MRPC", "lr_low", 0.95, 0, 0.8, 0.9)]),
+                            three)
+  width = lambda p: imread(p).shape[1]
+  assert 1.3 < width(three) / width(two) < 1.7  # 3.2 inches a panel, plus the legend
+  md = tmp_path / "results.md"
+  study.report(rows, md)
+  assert "](results_levers.png)" in md.read_text()
+
+
 def test_report_says_which_cells_ran_on_which_machine():
   rows = [_row("RTE", "sparsebert", 0.9, seed, 0.5, 0.5) for seed in range(4)]
   assert study._machines(rows) == ["Machine: test cpu; jax 0."]  # one machine: no counts
