@@ -555,7 +555,7 @@ def _figure(n: int, width: float = 4):
 
 
 def _color(method: str) -> str:
-  """One colour per method in every plot (matplotlib's ten, then two more)."""
+  """One colour per method in every plot (matplotlib's ten, then three more)."""
   i = METHODS.index(method)
   return f"C{i}" if i < 10 else ("navy", "darkgoldenrod", "teal")[i - 10]
 
@@ -601,6 +601,11 @@ def _plot_scores(groups: dict[tuple, list[dict]], path: Path) -> bool:
   return _save(fig, path)
 
 
+def _final_step(steps: tuple, sparsity: tuple, target: float) -> int | None:
+  """The first evaluated step at the ``target`` sparsity (None: never reached)."""
+  return next((st for st, sp in zip(steps, sparsity) if sp >= target - 1e-3), None)
+
+
 def _plot_curves(groups: dict[tuple, list[dict]], path: Path) -> bool:
   """Dev score over training steps of every 90% cell (seed 0), one panel per task, with
   the point where the final sparsity is reached marked."""
@@ -617,7 +622,7 @@ def _plot_curves(groups: dict[tuple, list[dict]], path: Path) -> bool:
       steps, sparsity, score = zip(*rs[0]["curve"])
       ax.plot(steps, [100 * v for v in score], ".-", color=_color(method), label=method,
               lw=1)
-      final = next((st for st, sp in zip(steps, sparsity) if sp >= 0.9 - 1e-3), None)
+      final = _final_step(steps, sparsity, 0.9)
       if final is not None:
         ax.axvline(final, color=_color(method), lw=0.5, ls=":")
     first = next(rs[0] for (t, _, _), rs in groups.items() if t == task)
@@ -652,7 +657,7 @@ def _plot_levers(groups: dict[tuple, list[dict]], path: Path) -> bool:
         steps, sparsity, score = zip(*r["curve"])
         ax.plot(steps, [100 * v for v in score], ".-", lw=1, color=f"C{r['seed']}",
                 label=f"seed {r['seed']}")
-        final = next((st for st, sp in zip(steps, sparsity) if sp >= 0.95 - 1e-3), None)
+        final = _final_step(steps, sparsity, 0.95)
         if final is not None:
           ax.axvline(final, color="0.6", lw=0.5, ls=":")
       first = next((rs[0] for (t, _, _), rs in groups.items() if t == task), None)
