@@ -56,6 +56,14 @@ def cpu_env(devices: int | None = None, env: dict | None = None) -> dict:
 
 os.environ["XLA_FLAGS"] = _with_test_flags(os.environ.get("XLA_FLAGS", ""))
 
+# tests/site/sitecustomize.py in every process the tests start: on the CPU backend, all
+# processes of a multi-process run use the same compilation cache key for a program, as
+# on a TPU slice (without it, process 1 of every 2-process run compiled everything).
+SITE = str(Path(__file__).parent / "site")
+if SITE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+  os.environ["PYTHONPATH"] = os.pathsep.join(
+      p for p in (SITE, os.environ.get("PYTHONPATH")) if p)
+
 # ../shared/data/glue beside the checkout; JAXPRUNE_GLUE_DIR overrides.
 GLUE_DIR = Path(os.environ.get("JAXPRUNE_GLUE_DIR")
                 or Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")

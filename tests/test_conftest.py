@@ -1,8 +1,13 @@
-"""The suite's own scheduling (conftest.worker_chunks): no test lost, slow ones first."""
+"""The suite's own machinery: its scheduling (conftest.worker_chunks: no test lost, slow
+ones first) and tests/site/sitecustomize.py (one compilation cache key on every process)."""
+
+import subprocess
+import sys
 
 from hypothesis import given, strategies as st
 
-from conftest import worker_chunks
+from conftest import cpu_env, worker_chunks
+from test_multiprocess import free_port
 
 
 class Item:
@@ -46,3 +51,38 @@ def test_every_test_is_kept_once_and_each_chunk_runs_slow_first(flags, workers):
     assert kinds == sorted(kinds, reverse=True)  # slow ones, then short ones
   slow_counts = [sum(i.slow for i in c) for c in chunks]
   assert max(slow_counts) - min(slow_counts) <= 1
+
+
+# Each process: the persistent cache key of one program sharded over both processes' 4
+# CPU devices, and whether it found it in the (shared, initially empty) cache.
+_KEY_OF_A_SHARDED_PROGRAM = """
+import sys
+import jax
+import numpy as np
+from jax._src import compiler
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+keys = []
+read = compiler._cache_read
+compiler._cache_read = lambda name, key, *a: (keys.append(key), read(name, key, *a))[1]
+mesh = Mesh(np.array(jax.devices()), ("d",))
+x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("d")), np.ones(2, np.float32))
+assert float(jax.jit(lambda a: (a * 2).sum())(x)) == 8.0
+print(keys[-1])
+"""
+
+
+def test_every_cpu_process_of_a_run_has_the_same_compilation_cache_key(tmp_path):
+  """With tests/site on PYTHONPATH (conftest), process 1 of a 2-process CPU run looks up
+  the key process 0 writes, as every host of a TPU slice does; without it, JAX 0.10's CPU
+  topology fingerprint differs per process and process 1 compiled everything again."""
+  env = cpu_env(2)
+  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"))
+  address = f"127.0.0.1:{free_port()}"
+  procs = [subprocess.Popen([sys.executable, "-c", _KEY_OF_A_SHARDED_PROGRAM, address, str(i)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+  keys = [out.split()[-1] for out, _ in outs]
+  assert keys[0] == keys[1], keys
