@@ -304,3 +304,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     line += (f" -- OVER BUDGET by {minutes - BUDGET_MINUTES:.1f} min (tests/README.md: "
              "where the time goes)")
   terminalreporter.write_line(line)
+
+
+def pytest_collection_finish(session):
+  """The workers' garbage collector as the CLI's (``jaxprune.main.quiet_gc``): a worker
+  holds every test module, jax, torch and transformers, and each full collection walked
+  them all again."""
+  if os.environ.get("JAXPRUNE_TEST_DEFAULT_GC"):
+    return
+  from jaxprune.main import quiet_gc
+  quiet_gc()
