@@ -8,7 +8,7 @@ every host finds what process 0 wrote. On the CPU backend it differs from proces
 process (``xla_client.get_topology_for_devices(jax.devices()).fingerprint()``, jax
 0.10), so in the suite's 2-process runs process 1 never hit the cache and compiled
 every program again while process 0 waited for it in the first collective: a warm tiny
-2-process prune run took 23 s (14 s with this hook; tests/README.md, 2026-12-07).
+2-process prune run took 23 s (14 s with this hook; tests/README.md, "2026-12-06, late").
 
 Here the CPU backend's key uses the devices' kinds instead, as JAX itself does for
 backends without a topology (``cache_key._hash_devices``). The device assignment (global
