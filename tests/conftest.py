@@ -2,9 +2,10 @@
 
 Also what makes the suite fit its time budget on 2 cores (tests/README.md has the
 measurements): one XLA compilation cache and one XLA optimisation level for the pytest
-workers and every process they start, runs shared across pytest-xdist workers
-(``shared_run``), the slow tests dealt out first to each worker (``worker_chunks``),
-and the closing budget line.
+workers and every process they start, one cache key on every process of a multi-process
+run (tests/site), runs shared across pytest-xdist workers (``shared_run``), the slow
+tests dealt out first to each worker (``worker_chunks``), the CLI's quieter garbage
+collector in the workers, and the closing budget line.
 """
 
 import atexit
