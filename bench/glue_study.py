@@ -545,13 +545,16 @@ def report(rows: list[dict], out_md: Path, cells: list[Cell] | None = None,
   out_md.write_text(block)
 
 
-def _figure(n: int, width: float = 4):
+def _figure(n: int, width: float = 4, rows: int = 0, height: float = 3.4, **subplots):
+  """A Figure of ``n`` panels ``width`` inches wide in one row (their axes as a list), or
+  with ``rows`` > 0 in that many rows (a 2-D array); (None, None) without matplotlib."""
   try:
     from matplotlib.figure import Figure
   except ImportError:
     return None, None
-  fig = Figure(figsize=(width * n, 3.4))
-  return fig, fig.subplots(1, n, squeeze=False)[0]
+  fig = Figure(figsize=(width * n, height * max(rows, 1)))
+  axes = fig.subplots(max(rows, 1), n, squeeze=False, **subplots)
+  return fig, axes if rows else axes[0]
 
 
 def _color(method: str) -> str:
@@ -643,14 +646,10 @@ def _plot_levers(groups: dict[tuple, list[dict]], path: Path) -> bool:
                          key=lambda r: r["seed"]) for t in LEVER_TASKS for m in shown}
   tasks = [t for t in LEVER_TASKS if any(runs[t, m] for m in LEVERS)]
   methods = [m for m in shown if any(runs[t, m] for t in tasks)]
-  try:
-    from matplotlib.figure import Figure
-  except ImportError:
+  fig, axes = (_figure(len(methods), width=3.2, rows=len(tasks), height=3.0, sharey="row")
+               if tasks else (None, None))
+  if fig is None:
     return False
-  if not tasks:
-    return False
-  fig = Figure(figsize=(3.2 * len(methods), 3.0 * len(tasks)))
-  axes = fig.subplots(len(tasks), len(methods), squeeze=False, sharey="row")
   for row, task in zip(axes, tasks):
     for ax, method in zip(row, methods):
       for r in runs[task, method]:

@@ -102,8 +102,8 @@ def quiet_gc() -> None:
   the process ends, yet each full collection walks all of them, and a young collection
   ran every 700 allocations, thousands of times while the train steps are traced: ~0.9 s
   of a tiny prune run's 8.5 s in the garbage collector (``gc.callbacks``), 0.2 s after
-  this (2-core AMD EPYC; tests/README.md, "2026-12-06, late"). The tests' processes do the same.
-  Memory is still freed by reference counting as before; only cycles wait longer."""
+  this (2-core AMD EPYC; tests/README.md, "2026-12-06, late"). The pytest workers call it
+  too. Memory is still freed by reference counting as before; only cycles wait longer."""
   gc.freeze()  # the imported modules: never collected, so never scanned again
   gc.set_threshold(10_000, 10, 10)  # young collections every 10,000 allocations, not 700
 
