@@ -1,7 +1,7 @@
 """Shared fixtures: the offline GLUE copy and the offline pre-trained MiniLM-L6.
 
 Also what makes the suite fit its time budget on 2 cores (tests/README.md has the
-measurements): one XLA compilation cache and one XLA optimisation level for the pytest
+measurements): one XLA compilation cache and XLA flags that compile fast for the pytest
 workers and every process they start, one cache key on every process of a multi-process
 run (tests/site), runs shared across pytest-xdist workers (``shared_run``), the slow
 tests dealt out first to each worker (``worker_chunks``), the CLI's quieter garbage
@@ -30,13 +30,18 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-# XLA's CPU backend without LLVM's optimisation passes: the tests' programs are tiny,
-# so compiling is most of their time, and level 0 compiles a tiny prune run's two train
-# steps in a third less CPU time (tests/README.md). The results are the same programs'
-# results (every test compares with tolerances or with runs made under the same flags);
-# bench/ and the CLI keep XLA's default. JAXPRUNE_TEST_XLA_FLAGS="" turns it off.
-TEST_XLA_FLAGS = os.environ.get("JAXPRUNE_TEST_XLA_FLAGS",
-                                "--xla_backend_optimization_level=0").split()
+# XLA's CPU backend set to compile fast: the tests' programs are tiny, so compiling is
+# most of their time (377 of a run's ~860 CPU-seconds with level 0 alone). Level 0 skips
+# LLVM's optimisation passes: a tiny prune run's two train steps compile in a third less
+# CPU time. Without the MLIR fusion emitters, XLA emits its fusions with the older
+# elemental emitter, which skips a pass pipeline per fusion: the suite's compiles take
+# half the CPU time (377 -> 195 s; tests/README.md, "2026-12-07"). The results are the
+# same programs' results up to float rounding (every test compares with tolerances or
+# with runs made under the same flags); bench/ and the CLI keep XLA's defaults.
+# JAXPRUNE_TEST_XLA_FLAGS="" turns both off.
+TEST_XLA_FLAGS = os.environ.get(
+    "JAXPRUNE_TEST_XLA_FLAGS",
+    "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false").split()
 
 
 def _with_test_flags(flags: str, devices: int | None = None) -> str:
