@@ -24,13 +24,15 @@ cells of (task, method, sparsity, seed):
   at the final sparsity both doubled), the fix tried where the score was still rising at
   95% (``FIXES``: not part of the issue's grid, run after it);
 * ``attention_light``, ``intermediate_ramp_only``, ``augmented``, ``attention_kl``,
-  ``lr_low``: levers for 95% (``LEVERS``, on MRPC and STS-B, run last): the attention MSE weighted
+  ``lr_low``, ``attention_kl_long``: levers for 95% (``LEVERS``, on MRPC and STS-B, run
+  last): the attention MSE weighted
   0.1 instead of 1; the attention and hidden terms switched off when the sparsity ramp
   ends instead of at 80%; the same number of steps drawn from a TinyBERT-style augmentation of the
   training split (``AUGMENT_COPIES`` draws per text, created once per task under
   ``<root>/<task>/augmented-x<N>``) instead of epochs over the split itself; the
   attention term as the KL of the attention distributions instead of the raw scores' MSE;
-  the student's learning rate at ``LR_LOW`` instead of the preset's.
+  the student's learning rate at ``LR_LOW`` instead of the preset's; the attention KL
+  on ``sparsebert_long``'s schedule (the preset's at 95%), against that cell.
 
 Sparsities 0.9 and 0.95; the ablations and ``sparsebert_from_teacher`` on RTE and MRPC
 at 0.9 only; seeds 0-2 for ``sparsebert`` and ``small_dense`` at 0.9 on RTE and MRPC,
@@ -64,7 +66,8 @@ TASKS = ("RTE", "MRPC", "STS-B", "CoLA", "SST-2")
 SST2_SUBSAMPLE = 8000  # seeded subsample of SST-2's 67k training sentences
 METHODS = ("sparsebert", "magnitude", "sparsebert_from_teacher", "small_dense",
            "no_attention", "no_hidden", "prediction_only", "sparsebert_long",
-           "attention_light", "intermediate_ramp_only", "augmented", "attention_kl", "lr_low")
+           "attention_light", "intermediate_ramp_only", "augmented", "attention_kl", "lr_low",
+           "attention_kl_long")
 ABLATIONS = ("sparsebert_from_teacher", "no_attention", "no_hidden", "prediction_only")
 ABLATION_TASKS = ("RTE", "MRPC")  # the ablations run at 90% on these only
 FIXES = {"sparsebert_long": 0.95}  # method -> the sparsity it is tried at
@@ -72,7 +75,11 @@ FIXES = {"sparsebert_long": 0.95}  # method -> the sparsity it is tried at
 # SparseBERT cell of the same seed (the terms' balance: with 1:1 weights the attention
 # MSE is 12-120x the prediction term; the intermediate terms during the ramp only).
 LEVERS = {"attention_light": 0.95, "intermediate_ramp_only": 0.95, "augmented": 0.95,
-          "attention_kl": 0.95, "lr_low": 0.95}
+          "attention_kl": 0.95, "lr_low": 0.95, "attention_kl_long": 0.95}
+# The levers that change the long schedule's cell (sparsebert_long) rather than the plain
+# one: the attention KL was above the plain cell on all 3 seeds on MRPC at 95% (81.63 ±
+# 0.93 against 79.92 ± 0.50), and the preset trains twice as long from 95% on.
+ON_LONG = ("attention_kl_long",)
 LEVER_TASKS = ("MRPC", "STS-B")
 ATTENTION_LIGHT = 0.1  # attention_light's attention weight (hidden and prediction keep 1)
 # lr_low's student learning rate: a third of the preset's 3e-4 (the teacher's; the reference
@@ -187,13 +194,13 @@ def cell_config(cell: Cell, teacher: Path, smoke: bool):
     config.distill.attention_weight = 0.0
   if cell.method in ("no_hidden", "prediction_only"):
     config.distill.hidden_weight = 0.0
-  if cell.method == "sparsebert_long":  # ramp_fraction and intermediate_until are fractions
+  if cell.method in ("sparsebert_long", *ON_LONG):  # ramp and intermediate_until: fractions
     config.train.epochs *= 2
   if cell.method == "attention_light":
     config.distill.attention_weight = ATTENTION_LIGHT
   if cell.method == "intermediate_ramp_only":  # attention and hidden terms end with the ramp
     config.distill.intermediate_until = config.prune.ramp_fraction
-  if cell.method == "attention_kl":
+  if cell.method in ("attention_kl", "attention_kl_long"):
     config.distill.attention_loss = "kl"
   if cell.method == "lr_low":
     config.train.lr = LR_LOW

@@ -19,9 +19,9 @@ def test_grid_is_the_issue_grid():
   assert len(cells) == len(names)
   # 5 tasks x (sparsebert, magnitude, small_dense) x 2 sparsities, +2 seeds x 2 methods on
   # RTE and MRPC at 0.9, + 4 ablations on RTE and MRPC at 0.9, + 2 seeds of RTE's
-  # prediction-only student (CONFIRM), + the fix at 0.95, + 5 levers on MRPC and STS-B,
+  # prediction-only student (CONFIRM), + the fix at 0.95, + 6 levers on MRPC and STS-B,
   # + 2 seeds of the attention-KL lever on each and of MRPC's SparseBERT at 0.95 (CONFIRM).
-  assert len(cells) == 5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 2 + 5 + 2 * 5 + 2 * 2 + 2
+  assert len(cells) == 5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 2 + 5 + 2 * 6 + 2 * 2 + 2
   assert ("RTE", "sparsebert-s90-seed2") in names and ("CoLA", "sparsebert-s90-seed1") not in names
   assert ("MRPC", "no_hidden-s90-seed0") in names and ("MRPC", "no_hidden-s95-seed0") not in names
   assert ("STS-B", "prediction_only-s90-seed0") not in names
@@ -35,9 +35,9 @@ def test_grid_is_the_issue_grid():
   assert cells[48:50] == [study.Cell("RTE", "prediction_only", 0.9, s) for s in (1, 2)]
   assert ("MRPC", "prediction_only-s90-seed1") not in names
   assert cells[50:55] == [study.Cell(t, "sparsebert_long", 0.95, 0) for t in study.TASKS]
-  assert cells[55:65] == [study.Cell(t, m, 0.95, 0) for t in study.LEVER_TASKS
+  assert cells[55:67] == [study.Cell(t, m, 0.95, 0) for t in study.LEVER_TASKS
                           for m in study.LEVERS]
-  assert cells[65:] == [study.Cell(t, "attention_kl", 0.95, s) for t in study.LEVER_TASKS
+  assert cells[67:] == [study.Cell(t, "attention_kl", 0.95, s) for t in study.LEVER_TASKS
                         for s in (1, 2)]
 
 
@@ -52,6 +52,13 @@ def test_each_lever_changes_one_thing_from_the_grids_sparsebert(tmp_path):
     assert lever[section][key] == value != plain[section][key]
     lever[section][key] = plain[section][key]
     assert lever.to_dict() == plain.to_dict()
+  # ... and a lever on the long schedule changes one thing from the long cell.
+  long = study.cell_config(study.Cell("STS-B", "sparsebert_long", 0.95, 0), tmp_path, False)
+  lever = study.cell_config(study.Cell("STS-B", "attention_kl_long", 0.95, 0), tmp_path, False)
+  assert long.train.epochs == 2 * plain.train.epochs
+  assert lever.distill.attention_loss == "kl" != long.distill.attention_loss
+  lever.distill.attention_loss = long.distill.attention_loss
+  assert lever.to_dict() == long.to_dict()
 
 
 def test_the_augmented_lever_trains_as_many_steps_on_augmented_text(tmp_path):
@@ -159,15 +166,15 @@ def test_report_averages_targets_and_keeps_the_discussion(tmp_path):
   text = md.read_text()
   assert text.startswith("# Results\n\nintro\n\n") and text.endswith("## Why\nkept\n")
   # RTE and MRPC: 3 methods x 2 sparsities + 2 x 2 seeds + 4 ablations + the 95% fix = 15
-  # each, + RTE's 2 follow-up seeds, + MRPC's 5 levers, and 2 more seeds of its attention
+  # each, + RTE's 2 follow-up seeds, + MRPC's 6 levers, and 2 more seeds of its attention
   # KL and of its SparseBERT at 0.95.
-  assert "STALE" not in text and "Cells run: 4 of 41." in text
+  assert "STALE" not in text and "Cells run: 4 of 42." in text
   # At or below the majority class (0.5 here): marked, with the note under the table.
   assert "| sparsebert | 49.00 ± 1.41† (98.0%) | 80.00 (80.0%) | 89.0% |" in text
   assert "| magnitude | 45.00† (90.0%) | pending | 90.0% (1 of 2 tasks) |" in text
   assert text.count(study.AT_BASELINE_NOTE) == 1
   assert "| RTE | magnitude | 0.90 | 1 | accuracy | 45.00† | 90.0% |" in text
-  assert "Pending (37): RTE small_dense-s90-seed0" in text
+  assert "Pending (38): RTE small_dense-s90-seed0" in text
 
 
 def test_levers_plot_shows_every_seed_of_the_95_cells_of_the_lever_tasks(tmp_path):
