@@ -25,14 +25,14 @@ cells of (task, method, sparsity, seed):
   95% (``FIXES``: not part of the issue's grid, run after it);
 * ``attention_light``, ``intermediate_ramp_only``, ``augmented``, ``attention_kl``,
   ``lr_low``, ``attention_kl_long``: levers for 95% (``LEVERS``, on MRPC and STS-B, run
-  last): the attention MSE weighted
-  0.1 instead of 1; the attention and hidden terms switched off when the sparsity ramp
-  ends instead of at 80%; the same number of steps drawn from a TinyBERT-style augmentation of the
-  training split (``AUGMENT_COPIES`` draws per text, created once per task under
-  ``<root>/<task>/augmented-x<N>``) instead of epochs over the split itself; the
-  attention term as the KL of the attention distributions instead of the raw scores' MSE;
-  the student's learning rate at ``LR_LOW`` instead of the preset's; the attention KL
-  on ``sparsebert_long``'s schedule (the preset's at 95%), against that cell.
+  last): the attention MSE weighted 0.1 instead of 1; the attention and hidden terms
+  switched off when the sparsity ramp ends instead of at 80%; the same number of steps
+  drawn from a TinyBERT-style augmentation of the training split (``AUGMENT_COPIES``
+  draws per text, created once per task under ``<root>/<task>/augmented-x<N>``) instead
+  of epochs over the split itself; the attention term as the KL of the attention
+  distributions instead of the raw scores' MSE; the student's learning rate at
+  ``LR_LOW`` instead of the preset's; the attention KL on ``sparsebert_long``'s schedule
+  (the preset's at 95%), against that cell.
 
 Sparsities 0.9 and 0.95; the ablations and ``sparsebert_from_teacher`` on RTE and MRPC
 at 0.9 only; seeds 0-2 for ``sparsebert`` and ``small_dense`` at 0.9 on RTE and MRPC,

@@ -31,7 +31,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # XLA's CPU backend set to compile fast: the tests' programs are tiny, so compiling is
-# most of their time (377 of a run's ~860 CPU-seconds with level 0 alone). Level 0 skips
+# much of their time (377 of a run's ~860 CPU-seconds with level 0 alone). Level 0 skips
 # LLVM's optimisation passes: a tiny prune run's two train steps compile in a third less
 # CPU time. Without the MLIR fusion emitters, XLA emits its fusions with the older
 # elemental emitter, which skips a pass pipeline per fusion: the suite's compiles take
