@@ -10,9 +10,11 @@ collector in the workers, and the closing budget line.
 
 import atexit
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 import shutil
+import sys
 import tempfile
 import time
 
@@ -69,6 +71,11 @@ SITE = str(Path(__file__).parent / "site")
 if SITE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
   os.environ["PYTHONPATH"] = os.pathsep.join(
       p for p in (SITE, os.environ.get("PYTHONPATH")) if p)
+# This process started before that (pytest without xdist, or xdist's controller): its
+# own jax gets the same patches, by path, before anything imports jax.
+if Path(getattr(sys.modules.get("sitecustomize"), "__file__", "") or ".").parent != Path(SITE):
+  _spec = importlib.util.spec_from_file_location("_jaxprune_test_site", Path(SITE) / "sitecustomize.py")
+  _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
 
 # ../shared/data/glue beside the checkout; JAXPRUNE_GLUE_DIR overrides.
 GLUE_DIR = Path(os.environ.get("JAXPRUNE_GLUE_DIR")

@@ -86,3 +86,37 @@ def test_every_cpu_process_of_a_run_has_the_same_compilation_cache_key(tmp_path)
   assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
   keys = [out.split()[-1] for out, _ in outs]
   assert keys[0] == keys[1], keys
+
+
+_ONE_PROGRAM = """
+import jax, jax.numpy as jnp
+print(jax.jit(lambda x: jnp.tanh(x) * 2)(jnp.ones(3)).sum())
+"""
+
+
+def test_the_compile_log_has_one_line_per_compile_and_timing_sums_it(tmp_path):
+  """JAXPRUNE_COMPILE_LOG (tests/site): the first process compiles the program and logs
+  it, with the test that started it; the second finds it in the persistent cache and
+  logs nothing. tests/timing.py --compiles sums the log."""
+  import json
+
+  import timing
+  log = tmp_path / "compiles.jsonl"
+  env = cpu_env(1)
+  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"), JAXPRUNE_COMPILE_LOG=str(log),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  lines = []
+  for _ in range(2):
+    subprocess.run([sys.executable, "-c", _ONE_PROGRAM], env=env, check=True, timeout=120)
+    lines.append(len(log.read_text().splitlines()))
+  rows = [json.loads(line) for line in log.read_text().splitlines()]
+  assert lines[1] == lines[0] > 0  # the second process compiled nothing
+  lambdas = [r for r in rows if r["program"] == "jit__lambda"]
+  assert len(lambdas) == 1 and lambdas[0]["cpu_s"] > 0
+  assert {r["test"] for r in rows} == {
+      "tests/test_conftest.py::test_the_compile_log_has_one_line_per_compile_and_timing_sums_it"}
+  log.write_text(log.read_text() + log.read_text().splitlines()[-1] + "\n")  # one repeat
+  summary = timing.compiles(str(log))
+  assert summary.startswith(f"{len(rows) + 1} compiles, ")
+  assert f"{len(rows)} distinct programs, 1 of them compiled again (1 compiles," in summary
+  assert "| `jit__lambda` | 1 |" in summary

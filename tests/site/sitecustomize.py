@@ -17,18 +17,28 @@ device sets still get different keys. What a process loads is the program proces
 compiled for the same devices; every multi-process test compares its final state with
 a 1-process run's, so a program that did not fit would fail them.
 
-Lazily: jax is not imported here (most processes the tests start never import it); the
-patch is applied when ``jax._src.cache_key`` is first imported.
+With ``JAXPRUNE_COMPILE_LOG=<file>`` in the environment, every process also appends one
+JSON line per XLA compile to that file (the program, its cache key, the process's CPU
+seconds spent in it, and ``PYTEST_CURRENT_TEST``, which the processes a test starts
+inherit): ``tests/timing.py --compiles <file>`` sums them per program and per test. That
+is how the suite's compile time was found to be 44% of its CPU (tests/README.md,
+"2026-12-07").
+
+Lazily: jax is not imported here (most processes the tests start never import it); each
+patch is applied when its module (``jax._src.cache_key``, ``jax._src.compiler``) is first
+imported.
 """
 
 import importlib.abc
 import importlib.machinery
+import os
 import sys
+import time
 
-_MODULE = "jax._src.cache_key"
 
-
-def _patch(module) -> None:
+def _patch_cache_key(module) -> None:
+  if not (hasattr(module, "_hash_accelerator_config") and hasattr(module, "_hash_devices")):
+    return
   original = module._hash_accelerator_config
 
   def hash_accelerator_config(hash_obj, accelerators) -> None:
@@ -40,13 +50,45 @@ def _patch(module) -> None:
   module._hash_accelerator_config = hash_accelerator_config
 
 
+def _log_compiles(module, log: str) -> None:
+  """Wraps ``_compile_and_write_cache``, where JAX compiles a program that its persistent
+  cache did not hold, to append what it cost to ``log``."""
+  original = getattr(module, "_compile_and_write_cache", None)
+  if original is None:
+    return
+
+  def compile_and_write_cache(backend, computation, executable_devices, compile_options,
+                              host_callbacks, module_name, cache_key):
+    wall, cpu = time.monotonic(), time.process_time()
+    try:
+      return original(backend, computation, executable_devices, compile_options,
+                      host_callbacks, module_name, cache_key)
+    finally:
+      import json  # here: every process the tests start imports this file
+      row = {"program": module_name, "key": cache_key[-16:], "pid": os.getpid(),
+             "cpu_s": round(time.process_time() - cpu, 3),
+             "wall_s": round(time.monotonic() - wall, 3),
+             "test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]}
+      with open(log, "a") as out:  # one short write per line: appends do not interleave
+        out.write(json.dumps(row) + "\n")
+
+  module._compile_and_write_cache = compile_and_write_cache
+
+
+_PATCHES = {"jax._src.cache_key": _patch_cache_key}
+if os.environ.get("JAXPRUNE_COMPILE_LOG"):
+  _PATCHES["jax._src.compiler"] = lambda m: _log_compiles(m, os.environ["JAXPRUNE_COMPILE_LOG"])
+
+
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-  """Finds ``jax._src.cache_key`` as usual, and patches it once it has run."""
+  """Finds the modules of ``_PATCHES`` as usual, and patches each once it has run."""
 
   def find_spec(self, name, path, target=None):
-    if name != _MODULE:
+    patch = _PATCHES.pop(name, None)
+    if patch is None:
       return None
-    sys.meta_path.remove(self)
+    if not _PATCHES:
+      sys.meta_path.remove(self)
     spec = importlib.machinery.PathFinder.find_spec(name, path)
     if spec is None or spec.loader is None:
       return spec
@@ -54,12 +96,13 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
     def exec_and_patch(module) -> None:
       exec_module(module)
-      if hasattr(module, "_hash_accelerator_config") and hasattr(module, "_hash_devices"):
-        _patch(module)
+      patch(module)
 
     spec.loader.exec_module = exec_and_patch
     return spec
 
 
-if _MODULE not in sys.modules:
+for _name in [n for n in _PATCHES if n in sys.modules]:  # already imported: too late
+  del _PATCHES[_name]
+if _PATCHES:
   sys.meta_path.insert(0, _PatchOnImport())
