@@ -20,8 +20,9 @@ def test_grid_is_the_issue_grid():
   # 5 tasks x (sparsebert, magnitude, small_dense) x 2 sparsities, +2 seeds x 2 methods on
   # RTE and MRPC at 0.9, + 4 ablations on RTE and MRPC at 0.9, + 2 seeds of RTE's
   # prediction-only student (CONFIRM), + the fix at 0.95, + 6 levers on MRPC and STS-B,
-  # + 2 seeds of the attention-KL lever on each and of MRPC's SparseBERT at 0.95 (CONFIRM).
-  assert len(cells) == 5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 2 + 5 + 2 * 6 + 2 * 2 + 2
+  # + 2 seeds of the attention-KL lever on each, of MRPC's SparseBERT at 0.95 and of
+  # MRPC's attention KL on the long schedule (CONFIRM).
+  assert len(cells) == 5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 2 + 5 + 2 * 6 + 2 * 2 + 2 + 2
   assert ("RTE", "sparsebert-s90-seed2") in names and ("CoLA", "sparsebert-s90-seed1") not in names
   assert ("MRPC", "no_hidden-s90-seed0") in names and ("MRPC", "no_hidden-s95-seed0") not in names
   assert ("STS-B", "prediction_only-s90-seed0") not in names
@@ -37,8 +38,10 @@ def test_grid_is_the_issue_grid():
   assert cells[50:55] == [study.Cell(t, "sparsebert_long", 0.95, 0) for t in study.TASKS]
   assert cells[55:67] == [study.Cell(t, m, 0.95, 0) for t in study.LEVER_TASKS
                           for m in study.LEVERS]
-  assert cells[67:] == [study.Cell(t, "attention_kl", 0.95, s) for t in study.LEVER_TASKS
-                        for s in (1, 2)]
+  assert cells[67:] == [study.Cell(t, m, 0.95, s) for t in study.LEVER_TASKS
+                        for m in ("attention_kl", "attention_kl_long")
+                        if (t, m) in study.CONFIRM for s in (1, 2)]
+  assert len(cells[67:]) == 6
 
 
 def test_each_lever_changes_one_thing_from_the_grids_sparsebert(tmp_path):
@@ -167,14 +170,14 @@ def test_report_averages_targets_and_keeps_the_discussion(tmp_path):
   assert text.startswith("# Results\n\nintro\n\n") and text.endswith("## Why\nkept\n")
   # RTE and MRPC: 3 methods x 2 sparsities + 2 x 2 seeds + 4 ablations + the 95% fix = 15
   # each, + RTE's 2 follow-up seeds, + MRPC's 6 levers, and 2 more seeds of its attention
-  # KL and of its SparseBERT at 0.95.
-  assert "STALE" not in text and "Cells run: 4 of 42." in text
+  # KL (plain and long schedule) and of its SparseBERT at 0.95.
+  assert "STALE" not in text and "Cells run: 4 of 44." in text
   # At or below the majority class (0.5 here): marked, with the note under the table.
   assert "| sparsebert | 49.00 ± 1.41† (98.0%) | 80.00 (80.0%) | 89.0% |" in text
   assert "| magnitude | 45.00† (90.0%) | pending | 90.0% (1 of 2 tasks) |" in text
   assert text.count(study.AT_BASELINE_NOTE) == 1
   assert "| RTE | magnitude | 0.90 | 1 | accuracy | 45.00† | 90.0% |" in text
-  assert "Pending (38): RTE small_dense-s90-seed0" in text
+  assert "Pending (40): RTE small_dense-s90-seed0" in text
 
 
 def test_levers_plot_shows_every_seed_of_the_95_cells_of_the_lever_tasks(tmp_path):
@@ -328,3 +331,8 @@ def test_summary_table_marks_baseline_cells_and_pending_averages():
   assert "| **average retention** | | | pending | pending |" in table  # 1 of 2 tasks
   at_baseline = study.summary_table([_row("RTE", "sparsebert", 0.9, 0, 0.50, 0.60)], ("RTE",))
   assert "| 50.00† |" in at_baseline and "**83.3%**" in at_baseline
+
+
+def test_every_method_has_its_own_colour():
+  colours = [study._color(m) for m in study.METHODS]
+  assert len(set(colours)) == len(study.METHODS)
