@@ -73,8 +73,8 @@ if SITE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
       p for p in (SITE, os.environ.get("PYTHONPATH")) if p)
 # This process started before that (pytest without xdist, or xdist's controller): its
 # own jax gets the same patches, by path, before anything imports jax.
-if Path(getattr(sys.modules.get("sitecustomize"), "__file__", "") or ".").parent != Path(SITE):
-  _spec = importlib.util.spec_from_file_location("_jaxprune_test_site", Path(SITE) / "sitecustomize.py")
+if os.path.dirname(getattr(sys.modules.get("sitecustomize"), "__file__", None) or "") != SITE:
+  _spec = importlib.util.spec_from_file_location("_jaxprune_test_site", f"{SITE}/sitecustomize.py")
   _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
 
 # ../shared/data/glue beside the checkout; JAXPRUNE_GLUE_DIR overrides.

@@ -1,5 +1,6 @@
 """The suite's own machinery: its scheduling (conftest.worker_chunks: no test lost, slow
-ones first) and tests/site/sitecustomize.py (one compilation cache key on every process)."""
+ones first) and tests/site/sitecustomize.py (one compilation cache key on every process;
+the compile log that tests/timing.py sums)."""
 
 import subprocess
 import sys
