@@ -21,8 +21,10 @@ def test_grid_is_the_issue_grid():
   # RTE and MRPC at 0.9, + 4 ablations on RTE and MRPC at 0.9, + 2 seeds of RTE's
   # prediction-only student (CONFIRM), + the fix at 0.95, + 6 levers on MRPC and STS-B,
   # + 2 seeds of the attention-KL lever on each, of MRPC's SparseBERT at 0.95 and of
-  # MRPC's attention KL on the long schedule (CONFIRM).
-  assert len(cells) == 5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 2 + 5 + 2 * 6 + 2 * 2 + 2 + 2
+  # MRPC's attention KL on the long schedule (CONFIRM), + the preset at both sparsities
+  # (3 seeds on RTE and MRPC, 1 elsewhere).
+  assert len(cells) == (5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 2 + 5 + 2 * 6 + 2 * 2 + 2 + 2
+                        + 2 * (3 + 3 + 1 + 1 + 1))
   assert ("RTE", "sparsebert-s90-seed2") in names and ("CoLA", "sparsebert-s90-seed1") not in names
   assert ("MRPC", "no_hidden-s90-seed0") in names and ("MRPC", "no_hidden-s95-seed0") not in names
   assert ("STS-B", "prediction_only-s90-seed0") not in names
@@ -38,10 +40,14 @@ def test_grid_is_the_issue_grid():
   assert cells[50:55] == [study.Cell(t, "sparsebert_long", 0.95, 0) for t in study.TASKS]
   assert cells[55:67] == [study.Cell(t, m, 0.95, 0) for t in study.LEVER_TASKS
                           for m in study.LEVERS]
-  assert cells[67:] == [study.Cell(t, m, 0.95, s) for t in study.LEVER_TASKS
-                        for m in ("attention_kl", "attention_kl_long")
-                        if (t, m) in study.CONFIRM for s in (1, 2)]
-  assert len(cells[67:]) == 6
+  assert cells[67:73] == [study.Cell(t, m, 0.95, s) for t in study.LEVER_TASKS
+                          for m in ("attention_kl", "attention_kl_long")
+                          if (t, m) in study.CONFIRM for s in (1, 2)]
+  # The preset last: seed 0 at 90% (the twins of finished cells), then at 95%, then seeds.
+  assert cells[73:83] == [study.Cell(t, "preset", sp, 0) for sp in (0.9, 0.95)
+                          for t in study.TASKS]
+  assert cells[83:] == [study.Cell(t, "preset", sp, s) for sp in (0.9, 0.95)
+                        for t in ("RTE", "MRPC") for s in (1, 2)]
 
 
 def test_each_lever_changes_one_thing_from_the_grids_sparsebert(tmp_path):
@@ -111,6 +117,75 @@ def test_the_grid_schedule_is_plain_at_95_and_the_fix_doubles_it(tmp_path):
     assert long.to_dict() == plain.to_dict()
 
 
+def test_the_preset_is_the_config_files_defaults_and_finds_its_twins(tmp_path):
+  # The preset cell is configs/minilm_glue.py as a user runs it: on RTE the prediction
+  # alone (the study's prediction_only ablation), the long schedule from 95% on (the
+  # sparsebert_long fix), every term and the plain schedule at 90% elsewhere (sparsebert).
+  config = lambda task, method, sparsity, seed=0: study.cell_config(
+      study.Cell(task, method, sparsity, seed), tmp_path, False).to_dict()
+  user = study._load_config(study.ROOT / "configs" / "minilm_glue.py", "task=cola,sparsity=0.95")
+  user.seed, user.teacher = 0, str(tmp_path)
+  assert config("CoLA", "preset", 0.95) == user.to_dict()
+  assert config("RTE", "preset", 0.9, 2) == config("RTE", "prediction_only", 0.9, 2)
+  assert config("MRPC", "preset", 0.9) == config("MRPC", "sparsebert", 0.9)
+  assert config("MRPC", "preset", 0.9) != config("MRPC", "sparsebert", 0.9, 1)  # the seed
+  done = lambda *names: {("MRPC", n): {} for n in names}
+  rows = done("sparsebert-s90-seed0", "no_hidden-s90-seed0", "sparsebert_long-s95-seed0")
+  twin = lambda sparsity, rows: study.twin(study.Cell("MRPC", "preset", sparsity, 0), tmp_path,
+                                           rows)
+  assert twin(0.9, rows) == study.Cell("MRPC", "sparsebert", 0.9, 0)
+  assert twin(0.9, done("no_hidden-s90-seed0")) is None  # another config: no twin
+  assert twin(0.95, rows) == study.Cell("MRPC", "sparsebert_long", 0.95, 0)
+  ids = {study.config_id(study.cell_config(study.Cell("MRPC", "preset", 0.9, 0), teacher, False))
+         for teacher in (tmp_path / "a", tmp_path / "b")}
+  assert len(ids) == 1  # the teacher's path is not part of the id
+
+
+def test_preset_cells_take_their_twins_result_and_rerun_when_the_preset_changes(
+    tmp_path, monkeypatch):
+  ran = []
+
+  def fake_run(config, workdir, mode):
+    ran.append(workdir.name)
+    (workdir / "summary.json").parent.mkdir(parents=True, exist_ok=True)
+    (workdir / "summary.json").write_text("{}")
+    return dict(selected=dict(scores=dict(f1=0.8 if mode == "finetune" else 0.7)), steps=3,
+                seconds=1.0)
+  monkeypatch.setattr(study, "_run", fake_run)
+  monkeypatch.setattr(study, "_curve", lambda workdir, metric: [])
+  root, results = tmp_path / "runs", tmp_path / "results.json"
+  results.write_text(json.dumps([dict(task="MRPC", cell="sparsebert-s90-seed0",
+                                      method="sparsebert", sparsity=0.9, score=0.85)]))
+  cells = [study.Cell("MRPC", "preset", sp, 0) for sp in (0.9, 0.95)]
+  rows = {r["cell"]: r for r in study.run_study(root, cells, results)}
+  assert ran == ["teacher", "preset-s95-seed0"]  # 90%: sparsebert's run, not a second one
+  assert rows["preset-s90-seed0"]["score"] == 0.85
+  assert rows["preset-s90-seed0"]["twin"] == "sparsebert-s90-seed0"
+  assert rows["preset-s95-seed0"]["score"] == 0.7 and "twin" not in rows["preset-s95-seed0"]
+  ran.clear()
+  study.run_study(root, cells, results)
+  assert ran == ["teacher", "preset-s95-seed0"]  # re-read (the fake's _run records it), the
+  # twin's row stands
+  # The preset changes (here: its id): both rows are dropped, the run is set aside.
+  real_id = study.config_id
+  monkeypatch.setattr(study, "config_id", lambda config: "new" + real_id(config))
+  ran.clear()
+  rows = {r["cell"]: r for r in study.run_study(root, cells, results)}
+  assert ran == ["teacher", "preset-s95-seed0"]
+  assert rows["preset-s90-seed0"]["twin"] == "sparsebert-s90-seed0"  # found again
+  old = [p.name for p in (root / "MRPC").iterdir() if ".old-" in p.name]
+  assert old == [f"preset-s95-seed0.old-{real_id(study.cell_config(cells[1], root / 'MRPC' / 'teacher', False))}"]
+
+
+def test_one_study_at_a_time_writes_a_results_file(tmp_path):
+  results = tmp_path / "results.json"
+  with study._Exclusive(results):
+    with pytest.raises(study.StudyError, match=r"results.json: another glue_study \(pid \d+\) "
+                       "is writing it"):
+      study.run_study(tmp_path, [], results)
+  assert study.run_study(tmp_path, [], results) == []  # released
+
+
 def test_small_dense_size_matches_the_sparse_weight_count():
   from jaxprune.models import BertConfig, encoder_weight_count
   minilm = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
@@ -160,9 +235,20 @@ def test_report_averages_targets_and_keeps_the_discussion(tmp_path):
   # RTE: mean of 100% and 96% = 98%; MRPC 80%: the two-task average is 89%.
   assert avg[("sparsebert", 0.9)] == pytest.approx((0.89, 2))
   assert avg[("magnitude", 0.9)] == pytest.approx((0.90, 1))
-  assert study._targets(avg, 2)[0] == "- SparseBERT at 90% keeps 89.0% on average (target >= 98.5%): missed by 9.5 points"
-  assert study._targets(avg, 2)[1] == "  - vs small_dense: pending"
-  assert study._targets(avg, 2)[2] == "  - vs magnitude: pending"  # one task of two
+  # Issue 40's targets are the preset's (baseline 0.5 in _row).
+  preset = [dict(r, method="preset") for r in rows if r["method"] == "sparsebert"]
+  preset.append(_row("RTE", "preset", 0.95, 0, 0.49, 0.50))
+  assert study._targets(rows + preset, ("RTE", "MRPC")) == [
+      "- SparseBERT (preset) at 90% keeps 89.0% on average (target >= 97.0%): missed by 8.0 points",
+      "  - >= 2 points over the baseline: short on RTE (-1.00) (2 of 2 tasks run)",
+      "  - vs small_dense: pending",
+      "  - vs magnitude: pending",  # one task of two
+      "- SparseBERT (preset) at 95% keeps >= 96.0%: pending (1 of 2 tasks run)",
+      "  - >= 2 points over the baseline: short on RTE (-1.00) (1 of 2 tasks run)"]
+  assert study._targets([dict(r, score=0.535, teacher=0.54, retention=0.535 / 0.54)
+                         for r in preset if r["task"] == "RTE"], ("RTE",))[4:6] == [
+      "- SparseBERT (preset) at 95% keeps 99.1% on average (target >= 96.0%): met; stretch "
+      ">= 97.0%: met", "  - >= 2 points over the baseline: met on every task run (1 of 1 tasks run)"]
   md = tmp_path / "results.md"
   md.write_text(f"# Results\n\nintro\n\n{study.BEGIN}\nSTALE\n{study.END}\n\n## Why\nkept\n")
   study.report(rows, md, study.grid(("RTE", "MRPC")), ("RTE", "MRPC"))
@@ -170,14 +256,15 @@ def test_report_averages_targets_and_keeps_the_discussion(tmp_path):
   assert text.startswith("# Results\n\nintro\n\n") and text.endswith("## Why\nkept\n")
   # RTE and MRPC: 3 methods x 2 sparsities + 2 x 2 seeds + 4 ablations + the 95% fix = 15
   # each, + RTE's 2 follow-up seeds, + MRPC's 6 levers, and 2 more seeds of its attention
-  # KL (plain and long schedule) and of its SparseBERT at 0.95.
-  assert "STALE" not in text and "Cells run: 4 of 44." in text
+  # KL (plain and long schedule) and of its SparseBERT at 0.95, + the preset's 3 seeds at
+  # 2 sparsities on each.
+  assert "STALE" not in text and "Cells run: 4 of 56." in text
   # At or below the majority class (0.5 here): marked, with the note under the table.
   assert "| sparsebert | 49.00 ± 1.41† (98.0%) | 80.00 (80.0%) | 89.0% |" in text
   assert "| magnitude | 45.00† (90.0%) | pending | 90.0% (1 of 2 tasks) |" in text
   assert text.count(study.AT_BASELINE_NOTE) == 1
   assert "| RTE | magnitude | 0.90 | 1 | accuracy | 45.00† | 90.0% |" in text
-  assert "Pending (40): RTE small_dense-s90-seed0" in text
+  assert "Pending (52): RTE small_dense-s90-seed0" in text
 
 
 def test_levers_plot_shows_every_seed_of_the_95_cells_of_the_lever_tasks(tmp_path):
@@ -202,6 +289,7 @@ def test_report_says_which_cells_ran_on_which_machine():
   rows = [_row("RTE", "sparsebert", 0.9, seed, 0.5, 0.5) for seed in range(4)]
   assert study._machines(rows) == ["Machine: test cpu; jax 0."]  # one machine: no counts
   rows.append(dict(_row("RTE", "magnitude", 0.9, 0, 0.5, 0.5), cpu="other cpu"))
+  rows.append(dict(rows[0], method="preset", cell="preset-s90-seed0", twin=rows[0]["cell"]))
   assert study._machines(rows) == ["Machine: test cpu; jax 0 (4 cells).",
                                    "Machine: other cpu; jax 0 (RTE magnitude-s90-seed0)."]
 
@@ -256,6 +344,18 @@ def test_a_preempted_cell_stops_the_grid(tmp_path, monkeypatch):
   with pytest.raises(SystemExit, match="glue_study: stopped: preempted at step 5"):
     study.main([f"--root={tmp_path}", f"--results={tmp_path / 'r.json'}"])
   assert ran == ["teacher", "sparsebert-s90-seed0"]  # the next cell did not start
+
+
+def test_sparsities_picks_the_cells_to_run_and_the_report_keeps_the_grid(tmp_path, monkeypatch):
+  ran = []
+  monkeypatch.setattr(study, "run_study", lambda root, cells, results, smoke: ran.extend(cells)
+                      or [])
+  study.main([f"--root={tmp_path}", "--tasks=MRPC", "--methods=preset", "--sparsities=0.95",
+              f"--report={tmp_path / 'r.md'}"])
+  assert ran == [study.Cell("MRPC", "preset", 0.95, s) for s in range(3)]
+  assert "Cells run: 0 of 6." in (tmp_path / "r.md").read_text()
+  with pytest.raises(SystemExit, match=r"--sparsities=0.8: expected 0.9, 0.95 or both"):
+    study.main([f"--root={tmp_path}", "--sparsities=0.8"])
 
 
 def test_cells_recorded_in_the_results_file_are_skipped_on_a_new_machine(tmp_path, monkeypatch):
@@ -323,13 +423,14 @@ def test_readme_and_docs_show_what_the_results_file_holds(tmp_path):
 
 
 def test_summary_table_marks_baseline_cells_and_pending_averages():
-  rows = [_row("RTE", "sparsebert", 0.9, 0, 0.50, 0.60), _row("RTE", "sparsebert", 0.9, 1, 0.52, 0.60),
-          _row("RTE", "magnitude", 0.9, 0, 0.55, 0.60)]
+  # README's SparseBERT columns are the preset's (what a user runs).
+  rows = [_row("RTE", "preset", 0.9, 0, 0.50, 0.60), _row("RTE", "preset", 0.9, 1, 0.52, 0.60),
+          _row("RTE", "magnitude", 0.9, 0, 0.55, 0.60), _row("RTE", "sparsebert", 0.9, 0, 0.1, 0.6)]
   table = study.summary_table(rows, ("RTE", "MRPC"))
   # seed mean 51.00 > baseline 50.00; retention (0.50/0.60 + 0.52/0.60)/2 = 85.0%.
   assert "| RTE (accuracy) | 50.00 | 60.00 | 51.00 | 55.00 | pending |" in table
   assert "| **average retention** | | | pending | pending |" in table  # 1 of 2 tasks
-  at_baseline = study.summary_table([_row("RTE", "sparsebert", 0.9, 0, 0.50, 0.60)], ("RTE",))
+  at_baseline = study.summary_table([_row("RTE", "preset", 0.9, 0, 0.50, 0.60)], ("RTE",))
   assert "| 50.00† |" in at_baseline and "**83.3%**" in at_baseline
 
 
