@@ -135,7 +135,11 @@ def test_the_preset_is_the_config_files_defaults_and_finds_its_twins(tmp_path):
                                            rows)
   assert twin(0.9, rows) == study.Cell("MRPC", "sparsebert", 0.9, 0)
   assert twin(0.9, done("no_hidden-s90-seed0")) is None  # another config: no twin
-  assert twin(0.95, rows) == study.Cell("MRPC", "sparsebert_long", 0.95, 0)
+  # At 95% the preset distils attention distributions on the long schedule: the lever's
+  # cell, not the long cell with the reference's MSE.
+  assert twin(0.95, rows) is None
+  rows.update(done("attention_kl_long-s95-seed0"))
+  assert twin(0.95, rows) == study.Cell("MRPC", "attention_kl_long", 0.95, 0)
   ids = {study.config_id(study.cell_config(study.Cell("MRPC", "preset", 0.9, 0), teacher, False))
          for teacher in (tmp_path / "a", tmp_path / "b")}
   assert len(ids) == 1  # the teacher's path is not part of the id

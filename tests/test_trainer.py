@@ -452,6 +452,16 @@ def test_glue_preset_trains_twice_as_long_from_95_percent(arg, epochs):
     module.get_config("task=mrpc,schedule=short")
 
 
+@pytest.mark.parametrize("arg,loss", [
+    ("task=mrpc", "mse"), ("task=mrpc,sparsity=0.95", "kl"), ("task=cola,sparsity=0.97", "kl"),
+    ("task=mrpc,sparsity=0.95,attention=mse", "mse"), ("task=mrpc,attention=kl", "kl")])
+def test_glue_preset_distils_attention_distributions_from_95_percent(arg, loss):
+  module = config_module("minilm_glue.py")
+  assert module.get_config(arg).distill.attention_loss == loss
+  with pytest.raises(config_lib.ConfigError, match="attention='l2'"):
+    module.get_config("task=mrpc,attention=l2")
+
+
 def test_reference_config_is_the_reference():
   c = config_module("reference.py").get_config("task=mrpc")
   assert (c.train.optimizer, c.train.lr, c.train.batch_size, c.train.epochs) == (
