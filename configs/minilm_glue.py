@@ -55,7 +55,7 @@ SparseBERT cells:
   cells have not run (docs/results.md).
   The attention KL on that long schedule (attention=task, this preset's default from 95%
   on): MRPC seeds 0-2 F1 85.25, 84.21, 84.84, 84.77 ± 0.52 (98.2%), 58-74 min each on
-  the 2-core AMD EPYC; the other tasks are running in the study (its preset cells).
+  the 2-core AMD EPYC; the other tasks are queued in the study (its preset cells).
   Seeds 0-2 at 90%: MRPC F1 84.74 ± 0.31 (98.2%), RTE 51.14 ± 0.83 (below majority).
 The previous preset (lr 1e-4, 5 epochs, reference soft cross-entropy, no gold labels)
 collapsed to the majority class on MRPC.
