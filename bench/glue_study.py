@@ -34,11 +34,12 @@ cells of (task, method, sparsity, seed):
   ``LR_LOW`` instead of the preset's; the attention KL on ``sparsebert_long``'s schedule
   (the preset's at 95%), against that cell;
 * ``preset``: SparseBERT as a user runs it, ``configs/minilm_glue.py`` on its defaults
-  (each task's distillation terms, the long schedule from 95% on): the cells issue 40's
-  targets are judged on, and README's SparseBERT columns. A preset cell whose config is
-  that of another cell with a result (same task, sparsity and seed) takes that result
-  (its row names the ``twin``); its row keeps the config's id, and when the preset has
-  changed since, the cell is run again (the old work directory set aside).
+  (each task's distillation terms; from 95% on the long schedule and the attention KL):
+  the cells issue 40's targets are judged on, and README's SparseBERT columns. A preset
+  cell whose config is that of another cell with a result (same task, sparsity and seed)
+  takes that result (its row names the ``twin``); its row keeps the config's id, and
+  when the preset has changed since, the cell is run again (the old work directory set
+  aside).
 
 Sparsities 0.9 and 0.95; the ablations and ``sparsebert_from_teacher`` on RTE and MRPC
 at 0.9 only; seeds 0-2 for ``sparsebert`` and ``small_dense`` at 0.9 on RTE and MRPC,
@@ -76,9 +77,9 @@ METHODS = ("sparsebert", "magnitude", "sparsebert_from_teacher", "small_dense",
            "attention_light", "intermediate_ramp_only", "augmented", "attention_kl", "lr_low",
            "attention_kl_long", "preset")
 # SparseBERT as a user runs it: ``configs/minilm_glue.py`` with its defaults for the task
-# and sparsity (each task's terms, the long schedule from 95% on, ...), the cells that
-# issue 40's targets are judged on. Where a preset cell's config is the same as another
-# cell's of the grid (same task, sparsity and seed), that cell's run is its result
+# and sparsity (each task's terms; the long schedule and the attention KL from 95% on), the
+# cells that issue 40's targets are judged on. Where a preset cell's config is the same as
+# another cell's of the grid (same task, sparsity and seed), that cell's run is its result
 # (``twin``) rather than a second run of the same thing.
 PRESET = "preset"
 PRESET_SEEDS = {"RTE": 3, "MRPC": 3}  # the small, noisy tasks; 1 seed elsewhere

@@ -119,8 +119,9 @@ def test_the_grid_schedule_is_plain_at_95_and_the_fix_doubles_it(tmp_path):
 
 def test_the_preset_is_the_config_files_defaults_and_finds_its_twins(tmp_path):
   # The preset cell is configs/minilm_glue.py as a user runs it: on RTE the prediction
-  # alone (the study's prediction_only ablation), the long schedule from 95% on (the
-  # sparsebert_long fix), every term and the plain schedule at 90% elsewhere (sparsebert).
+  # alone (the study's prediction_only ablation), from 95% on the long schedule with the
+  # attention KL (the attention_kl_long lever), every term, the plain schedule and the
+  # attention MSE at 90% elsewhere (sparsebert).
   config = lambda task, method, sparsity, seed=0: study.cell_config(
       study.Cell(task, method, sparsity, seed), tmp_path, False).to_dict()
   user = study._load_config(study.ROOT / "configs" / "minilm_glue.py", "task=cola,sparsity=0.95")
@@ -168,8 +169,8 @@ def test_preset_cells_take_their_twins_result_and_rerun_when_the_preset_changes(
   assert rows["preset-s95-seed0"]["score"] == 0.7 and "twin" not in rows["preset-s95-seed0"]
   ran.clear()
   study.run_study(root, cells, results)
-  assert ran == ["teacher", "preset-s95-seed0"]  # re-read (the fake's _run records it), the
-  # twin's row stands
+  # The run is re-read from its summary (the fake _run records that too); the twin stands.
+  assert ran == ["teacher", "preset-s95-seed0"]
   # The preset changes (here: its id): both rows are dropped, the run is set aside.
   real_id = study.config_id
   monkeypatch.setattr(study, "config_id", lambda config: "new" + real_id(config))
@@ -178,7 +179,8 @@ def test_preset_cells_take_their_twins_result_and_rerun_when_the_preset_changes(
   assert ran == ["teacher", "preset-s95-seed0"]
   assert rows["preset-s90-seed0"]["twin"] == "sparsebert-s90-seed0"  # found again
   old = [p.name for p in (root / "MRPC").iterdir() if ".old-" in p.name]
-  assert old == [f"preset-s95-seed0.old-{real_id(study.cell_config(cells[1], root / 'MRPC' / 'teacher', False))}"]
+  first_id = real_id(study.cell_config(cells[1], root / "MRPC" / "teacher", False))
+  assert old == [f"preset-s95-seed0.old-{first_id}"]
 
 
 def test_one_study_at_a_time_writes_a_results_file(tmp_path):
@@ -252,7 +254,8 @@ def test_report_averages_targets_and_keeps_the_discussion(tmp_path):
   assert study._targets([dict(r, score=0.535, teacher=0.54, retention=0.535 / 0.54)
                          for r in preset if r["task"] == "RTE"], ("RTE",))[4:6] == [
       "- SparseBERT (preset) at 95% keeps 99.1% on average (target >= 96.0%): met; stretch "
-      ">= 97.0%: met", "  - >= 2 points over the baseline: met on every task run (1 of 1 tasks run)"]
+      ">= 97.0%: met",
+      "  - >= 2 points over the baseline: met on every task run (1 of 1 tasks run)"]
   md = tmp_path / "results.md"
   md.write_text(f"# Results\n\nintro\n\n{study.BEGIN}\nSTALE\n{study.END}\n\n## Why\nkept\n")
   study.report(rows, md, study.grid(("RTE", "MRPC")), ("RTE", "MRPC"))
