@@ -388,17 +388,16 @@ def _run_cells(root: Path, cells: list[Cell], results: Path, smoke: bool) -> lis
   for cell in cells:
     task, teacher = cell.task, root / cell.task / "teacher"
     workdir = root / task / cell.name
-    if cell.method == PRESET and (task, cell.name) in rows:
-      _drop_if_preset_changed(rows, cell, teacher, workdir, smoke)
+    preset_id = config_id(cell_config(cell, teacher, smoke)) if cell.method == PRESET else None
+    if preset_id and (task, cell.name) in rows:
+      _drop_if_preset_changed(rows, cell, preset_id, workdir)
     if (task, cell.name) in rows and not (workdir / "summary.json").is_file():
       print(f"== {task} {cell.name}: in {results.name}, skipped", flush=True)
       continue  # finished elsewhere (no finished work directory here): the row is the record
-    if cell.method == PRESET and not workdir.is_dir() and (
-        same := twin(cell, teacher, rows, smoke)):
+    if preset_id and not workdir.is_dir() and (same := twin(cell, teacher, rows, smoke)):
       print(f"== {task} {cell.name}: the config of {same.name}, its result", flush=True)
       rows[(task, cell.name)] = dict(rows[(task, same.name)], cell=cell.name, method=PRESET,
-                                     twin=same.name,
-                                     config_id=config_id(cell_config(cell, teacher, smoke)))
+                                     twin=same.name, config_id=preset_id)
       _write_rows(results, rows)
       continue
     print(f"== {task} {cell.name}", flush=True)
@@ -423,8 +422,8 @@ def _run_cells(root: Path, cells: list[Cell], results: Path, smoke: bool) -> lis
         encoder_nonzero=s.get("encoder_nonzero"), steps=s["steps"], seconds=s["seconds"],
         curve=_curve(root / task / cell.name, metric),
         **(s.get("provenance") or {k: rows.get((task, cell.name), {}).get(k, "?") for k in keys}))
-    if cell.method == PRESET:
-      rows[(task, cell.name)]["config_id"] = config_id(cell_config(cell, teacher, smoke))
+    if preset_id:
+      rows[(task, cell.name)]["config_id"] = preset_id
     _write_rows(results, rows)
   if failed:
     raise StudyError(f"{len(failed)} cell(s) failed: " + "; ".join(failed))
@@ -436,13 +435,13 @@ def _write_rows(results: Path, rows: dict[tuple[str, str], dict]) -> None:
   results.write_text(json.dumps(list(rows.values()), indent=1) + "\n")
 
 
-def _drop_if_preset_changed(rows: dict[tuple[str, str], dict], cell: Cell, teacher: Path,
-                            workdir: Path, smoke: bool) -> None:
+def _drop_if_preset_changed(rows: dict[tuple[str, str], dict], cell: Cell, new: str,
+                            workdir: Path) -> None:
   """A preset cell's row (and work directory) from before ``configs/minilm_glue.py``
-  changed no longer says what the preset does: the row is dropped and the directory set
-  aside as ``<name>.old-<its config id>``, so the cell runs (or finds its twin) again."""
+  changed (its config id is no longer ``new``) no longer says what the preset does: the
+  row is dropped and the directory set aside as ``<name>.old-<its config id>``, so the
+  cell runs (or finds its twin) again."""
   old = rows[(cell.task, cell.name)].get("config_id")
-  new = config_id(cell_config(cell, teacher, smoke))
   if old == new:
     return
   print(f"== {cell.task} {cell.name}: the preset changed since it ran ({old} -> {new}); "

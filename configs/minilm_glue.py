@@ -61,10 +61,10 @@ The previous preset (lr 1e-4, 5 epochs, reference soft cross-entropy, no gold la
 collapsed to the majority class on MRPC.
 """
 
-from jaxprune.config import ConfigError
 from jaxprune.config import base_config
 from jaxprune.config import parse_arg
 from jaxprune.config import student_recipe
+from jaxprune.recipe import one_of
 
 # Tasks whose student distils only the prediction (attention and hidden MSEs off), where
 # that scored better than every term on each of seeds 0-2 (docs/results.md; RTE: 56.44 ±
@@ -93,14 +93,8 @@ def get_config(arg: str | None = None):
                    schedule="task", attention="task")
   from jaxprune.data import get_task
   task = get_task(args.task).name
-  if args.terms not in TERMS:
-    raise ConfigError(f"config argument terms={args.terms!r}: expected one of {TERMS}")
-  if args.schedule not in SCHEDULES:
-    raise ConfigError(f"config argument schedule={args.schedule!r}: expected one of "
-                      f"{SCHEDULES}")
-  if args.attention not in ATTENTION:
-    raise ConfigError(f"config argument attention={args.attention!r}: expected one of "
-                      f"{ATTENTION}")
+  for name, allowed in (("terms", TERMS), ("schedule", SCHEDULES), ("attention", ATTENTION)):
+    one_of(f"config argument {name}", args[name], allowed)
   long = args.schedule == "long" or (args.schedule == "task" and args.sparsity >= LONG_FROM)
   config = base_config()
   config.task = task
