@@ -25,7 +25,7 @@ cells of (task, method, sparsity, seed):
   95% (``FIXES``: not part of the issue's grid, run after it);
 * ``attention_light``, ``intermediate_ramp_only``, ``augmented``, ``attention_kl``,
   ``lr_low``, ``attention_kl_long``: levers for 95% (``LEVERS``, on MRPC and STS-B, run
-  last): the attention MSE weighted 0.1 instead of 1; the attention and hidden terms
+  last; the attention KL also at 90% on CoLA, the task below the 90% target): the attention MSE weighted 0.1 instead of 1; the attention and hidden terms
   switched off when the sparsity ramp ends instead of at 80%; the same number of steps
   drawn from a TinyBERT-style augmentation of the training split (``AUGMENT_COPIES``
   draws per text, created once per task under ``<root>/<task>/augmented-x<N>``) instead
@@ -89,13 +89,18 @@ FIXES = {"sparsebert_long": 0.95}  # method -> the sparsity it is tried at
 # Levers of issue 40, measured first at 95% on MRPC and STS-B against the grid's plain
 # SparseBERT cell of the same seed (the terms' balance: with 1:1 weights the attention
 # MSE is 12-120x the prediction term; the intermediate terms during the ramp only).
-LEVERS = {"attention_light": 0.95, "intermediate_ramp_only": 0.95, "augmented": 0.95,
-          "attention_kl": 0.95, "lr_low": 0.95, "attention_kl_long": 0.95}
+LEVER_TASKS = ("MRPC", "STS-B")
+# method -> {sparsity: the tasks it runs on}. The attention KL is also tried at 90% on
+# CoLA, where the 90% target falls short (the preset's 96.6% average misses 97% by 0.4
+# points, and CoLA, at 90.8%, is the task that holds it down).
+LEVERS = {"attention_light": {0.95: LEVER_TASKS},
+          "intermediate_ramp_only": {0.95: LEVER_TASKS}, "augmented": {0.95: LEVER_TASKS},
+          "attention_kl": {0.95: LEVER_TASKS, 0.9: ("CoLA",)}, "lr_low": {0.95: LEVER_TASKS},
+          "attention_kl_long": {0.95: LEVER_TASKS}}
 # The levers that change the long schedule's cell (sparsebert_long) rather than the plain
 # one: the attention KL was above the plain cell on all 3 seeds on MRPC at 95% (81.63 ±
 # 0.93 against 79.92 ± 0.50), and the preset trains twice as long from 95% on.
 ON_LONG = ("attention_kl_long",)
-LEVER_TASKS = ("MRPC", "STS-B")
 ATTENTION_LIGHT = 0.1  # attention_light's attention weight (hidden and prediction keep 1)
 # lr_low's student learning rate: a third of the preset's 3e-4 (the teacher's; the reference
 # distils at 3e-5). MRPC at 95% collapses to one class mid-ramp on seeds 0 and 1 (F1 18.6
@@ -140,7 +145,7 @@ def grid(tasks: tuple[str, ...] = TASKS, methods: tuple[str, ...] = METHODS) -> 
           continue
         if method in FIXES and sparsity != FIXES[method]:
           continue
-        if method in LEVERS and (sparsity != LEVERS[method] or task not in LEVER_TASKS):
+        if method in LEVERS and task not in LEVERS[method].get(sparsity, ()):
           continue
         seeds = (3 if (method in ("sparsebert", "small_dense") and sparsity == 0.9
                        and task in ("RTE", "MRPC")) or (task, method) in CONFIRM else 1)
@@ -483,7 +488,10 @@ AT_BASELINE_NOTE = (f"{AT_BASELINE} at or below the majority class (constant pre
 NOT_IN_GRID = "—"
 NOT_IN_GRID_NOTE = (f"{NOT_IN_GRID} not in the study's grid: the ablations and the start from "
                     f"the fine-tuned teacher run on {' and '.join(ABLATION_TASKS)} only, "
-                    f"the levers on {' and '.join(LEVER_TASKS)} only.")
+                    f"the levers at 95% on {' and '.join(LEVER_TASKS)} only"
+                    + "".join(f", {m} at {sp:.0%} on {' and '.join(ts)}"
+                              for m, at in LEVERS.items() for sp, ts in at.items() if sp != 0.95)
+                    + ".")
 
 
 def _cell_text(rs: list[dict]) -> str:

@@ -20,10 +20,10 @@ def test_grid_is_the_issue_grid():
   # 5 tasks x (sparsebert, magnitude, small_dense) x 2 sparsities, +2 seeds x 2 methods on
   # RTE and MRPC at 0.9, + 4 ablations on RTE and MRPC at 0.9, + 2 seeds of RTE's
   # prediction-only student (CONFIRM), + the fix at 0.95, + 6 levers on MRPC and STS-B,
-  # + 2 seeds of the attention-KL lever on each, of MRPC's SparseBERT at 0.95 and of
-  # MRPC's attention KL on the long schedule (CONFIRM), + the preset at both sparsities
-  # (3 seeds on RTE and MRPC, 1 elsewhere).
-  assert len(cells) == (5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 2 + 5 + 2 * 6 + 2 * 2 + 2 + 2
+  # + the attention-KL lever at 0.9 on CoLA, + 2 seeds of the attention-KL lever on each,
+  # of MRPC's SparseBERT at 0.95 and of MRPC's attention KL on the long schedule (CONFIRM),
+  # + the preset at both sparsities (3 seeds on RTE and MRPC, 1 elsewhere).
+  assert len(cells) == (5 * 3 * 2 + 2 * 2 * 2 + 2 * 4 + 2 + 5 + 2 * 6 + 1 + 2 * 2 + 2 + 2
                         + 2 * (3 + 3 + 1 + 1 + 1))
   assert ("RTE", "sparsebert-s90-seed2") in names and ("CoLA", "sparsebert-s90-seed1") not in names
   assert ("MRPC", "no_hidden-s90-seed0") in names and ("MRPC", "no_hidden-s95-seed0") not in names
@@ -38,15 +38,18 @@ def test_grid_is_the_issue_grid():
   assert cells[48:50] == [study.Cell("RTE", "prediction_only", 0.9, s) for s in (1, 2)]
   assert ("MRPC", "prediction_only-s90-seed1") not in names
   assert cells[50:55] == [study.Cell(t, "sparsebert_long", 0.95, 0) for t in study.TASKS]
-  assert cells[55:67] == [study.Cell(t, m, 0.95, 0) for t in study.LEVER_TASKS
+  # The levers: the one at 90% first, then those at 95%, then their seeds.
+  assert cells[55] == study.Cell("CoLA", "attention_kl", 0.9, 0)
+  assert ("MRPC", "attention_kl-s90-seed0") not in names
+  assert cells[56:68] == [study.Cell(t, m, 0.95, 0) for t in study.LEVER_TASKS
                           for m in study.LEVERS]
-  assert cells[67:73] == [study.Cell(t, m, 0.95, s) for t in study.LEVER_TASKS
+  assert cells[68:74] == [study.Cell(t, m, 0.95, s) for t in study.LEVER_TASKS
                           for m in ("attention_kl", "attention_kl_long")
                           if (t, m) in study.CONFIRM for s in (1, 2)]
   # The preset last: seed 0 at 90% (the twins of finished cells), then at 95%, then seeds.
-  assert cells[73:83] == [study.Cell(t, "preset", sp, 0) for sp in (0.9, 0.95)
+  assert cells[74:84] == [study.Cell(t, "preset", sp, 0) for sp in (0.9, 0.95)
                           for t in study.TASKS]
-  assert cells[83:] == [study.Cell(t, "preset", sp, s) for sp in (0.9, 0.95)
+  assert cells[84:] == [study.Cell(t, "preset", sp, s) for sp in (0.9, 0.95)
                         for t in ("RTE", "MRPC") for s in (1, 2)]
 
 
@@ -61,6 +64,12 @@ def test_each_lever_changes_one_thing_from_the_grids_sparsebert(tmp_path):
     assert lever[section][key] == value != plain[section][key]
     lever[section][key] = plain[section][key]
     assert lever.to_dict() == plain.to_dict()
+  # ... at 90% too (the attention KL on CoLA, against the grid's CoLA cell at 90%) ...
+  cola = study.cell_config(study.Cell("CoLA", "sparsebert", 0.9, 0), tmp_path, False)
+  lever = study.cell_config(study.Cell("CoLA", "attention_kl", 0.9, 0), tmp_path, False)
+  assert lever.distill.attention_loss == "kl" != cola.distill.attention_loss
+  lever.distill.attention_loss = cola.distill.attention_loss
+  assert lever.to_dict() == cola.to_dict()
   # ... and a lever on the long schedule changes one thing from the long cell.
   long = study.cell_config(study.Cell("STS-B", "sparsebert_long", 0.95, 0), tmp_path, False)
   lever = study.cell_config(study.Cell("STS-B", "attention_kl_long", 0.95, 0), tmp_path, False)
