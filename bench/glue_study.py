@@ -237,12 +237,18 @@ def cell_config(cell: Cell, teacher: Path, smoke: bool):
   return config
 
 
+# Config fields that do not change a run's result: the teacher's path (it names the
+# machine's run directory) and the reports drawn besides the metrics.
+NOT_IN_CONFIG_ID = ("teacher", "tensorboard", "plot")
+
+
 def config_id(config: Any) -> str:
-  """A short hash of everything in ``config`` but its teacher's path (which names the
-  machine's run directory): equal ids, the same run."""
+  """A short hash of everything in ``config`` but ``NOT_IN_CONFIG_ID``: equal ids, the
+  same run (so adding a report switch to the config does not re-run finished cells)."""
   import hashlib
   settings = config.to_dict()
-  settings.pop("teacher", None)
+  for key in NOT_IN_CONFIG_ID:
+    settings.pop(key, None)
   text = json.dumps(settings, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -6,7 +6,8 @@
 
 Runtime: ~10-20 s per run on a 2-core CPU (mostly compilation). Result: meaningless
 scores (64 training examples, random init); it exercises every part of the pipeline:
-data, pruning to 50% over 12 steps, distillation, evaluation, checkpoints, export.
+data, pruning to 50% over 12 steps, distillation, evaluation, checkpoints, export
+(not TensorBoard nor run.png: add --config.tensorboard=True --config.plot=True).
 Arguments: ``configs/tiny.py:steps=20,sparsity=0.8``.
 """
 
@@ -37,4 +38,7 @@ def get_config(arg: str | None = None):
     section.lr = 1e-3
   config.prune.sparsity = args.sparsity
   config.prune.events = 4
+  # No TensorBoard events and no run.png: a second or two of CPU per run, and the test
+  # suite makes many (the tests of those outputs turn them on).
+  config.tensorboard = config.plot = False
   return config

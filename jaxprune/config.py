@@ -193,6 +193,12 @@ def base_config() -> ml_collections.ConfigDict:
   # "auto" = $JAX_COMPILATION_CACHE_DIR if set, else <workdir>/xla_cache (gs:// works);
   # a path (local or gs://); or "" for none.
   config.compilation_cache_dir = "auto"
+  # What a run leaves for people besides metrics.jsonl, summary.json and the exports:
+  # TensorBoard events under <workdir>/tb (with tensorboardX) and run.png (loss terms,
+  # sparsity and dev metric, with matplotlib). Each costs a second or two of CPU per run
+  # (imports and drawing): configs/tiny.py turns both off for its many short runs.
+  config.tensorboard = True
+  config.plot = True
   return config
 
 
@@ -287,7 +293,8 @@ PRECISIONS = ("float32", "bfloat16")
 
 
 # Fields a resumed run may change: how often it evaluates, saves and logs, where its
-# inputs live, and how it is spread over hosts and devices (checkpoints reshard). Every
+# inputs live, how it is spread over hosts and devices (checkpoints reshard), and which
+# reports it draws. Every
 # other field shapes the training itself and must match the checkpoint's (README,
 # "Resuming"). Sections ending in "." match every field below them.
 RESUMABLE_CHANGES = (
@@ -295,7 +302,7 @@ RESUMABLE_CHANGES = (
     "train.eval_every", "train.checkpoint_every", "train.log_every",
     "keep_checkpoints", "eval_batch_size", "glue_dir", "aug_dir", "mesh_shape",
     "coordinator_address", "num_processes", "process_id", "heartbeat_timeout",
-    "preemption_check_every", "compilation_cache_dir",
+    "preemption_check_every", "compilation_cache_dir", "tensorboard", "plot",
 )
 # Sections that do not take part in a mode's training (a teacher's run ignores the
 # pruning and distillation settings of the config file it shares with its student).

@@ -70,7 +70,8 @@ class MetricWriter:
   continues the file it finds there.
   """
 
-  def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
+  def __init__(self, workdir: str | os.PathLike, enabled: bool = True,
+               tensorboard: bool = True):
     self.enabled = enabled
     self._remote = paths.path(workdir) if paths.is_remote(workdir) else None
     local = Path(workdir)
@@ -82,6 +83,7 @@ class MetricWriter:
     self._tb = None
     if enabled:
       self.path.parent.mkdir(parents=True, exist_ok=True)
+    if enabled and tensorboard:
       try:
         self._tb = _tensorboard_writer(local / "tb")
       except ImportError:
@@ -178,10 +180,12 @@ def plot_run(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
 
 
 def publish_run(workdir: str | os.PathLike, summary: dict[str, Any], params: Any,
-                model_config: Any, tokenizer_from: str, title: str = "") -> dict[str, Any]:
+                model_config: Any, tokenizer_from: str, title: str = "",
+                plot: bool = True) -> dict[str, Any]:
   """Writes what a finished run leaves in ``workdir`` (local or gs://), each file
   atomically: ``hf/`` (the selected model), ``model.sparse.safetensors`` (fp16,
-  compressed), ``summary.json`` (with the two exports' sizes added) and ``run.png``."""
+  compressed), ``summary.json`` (with the two exports' sizes added) and, with ``plot``,
+  ``run.png``."""
   from jaxprune import export
   from jaxprune import models
 
@@ -192,7 +196,8 @@ def publish_run(workdir: str | os.PathLike, summary: dict[str, Any], params: Any
       params, None, workdir / "model.sparse.safetensors", "float16", config=model_config,
       dense_dtype="float16").file_bytes
   paths.write_text(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
-  plot_run(workdir / "metrics.jsonl", workdir / "run.png", title=title)
+  if plot:
+    plot_run(workdir / "metrics.jsonl", workdir / "run.png", title=title)
   return summary
 
 

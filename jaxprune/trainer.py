@@ -217,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     config_lib.check_resume(meta.get("config"), config, mode)
     log.info("resumed %s at step %d", workdir, int(state.step))
   start = int(jax.device_get(state.step))
-  writer = report.MetricWriter(workdir, enabled=lead)
+  writer = report.MetricWriter(workdir, enabled=lead, tensorboard=config.tensorboard)
   # The majority class of the task's own training split: an augmented copy's label mix
   # can differ (RTE x4 flips it), and a baseline from it would hide a collapse.
   prior = (data.read_split(config, spec, config.train_split).labels
@@ -382,7 +382,7 @@ def _finish(workdir, config, model_config, state, best_ckpt, meta, last_scores,
   if jax.process_index() == 0:
     report.publish_run(workdir, summary, params, model_config,
                        tokenizer_from=config.model.removeprefix("random:"),
-                       title=f"{config.task} {step_mode}")
+                       title=f"{config.task} {step_mode}", plot=config.plot)
   if jax.process_count() > 1:  # nobody reads hf/ (the demo's student) before it is there
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("jaxprune run published")

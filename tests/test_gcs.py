@@ -104,9 +104,12 @@ def local_and_gcs_runs(gcs_bucket, one_process_prune_run):
   _, local_student, _ = one_process_prune_run
   root = f"{gcs_bucket}/chain"
   t0 = time.time()
-  _run("finetune", f"{root}/teacher", *_args(one_process_prune_run))
+  # TensorBoard events and run.png too (configs/tiny.py turns them off): staged locally
+  # and uploaded (GCS objects cannot be appended to).
+  reports = ("--config.tensorboard=True", "--config.plot=True")
+  _run("finetune", f"{root}/teacher", *_args(one_process_prune_run), *reports)
   # The prune run is killed (SIGKILL) after step 6, then resumed from the bucket.
-  student = ["--mode=prune", *_args(one_process_prune_run, f"{root}/teacher")]
+  student = ["--mode=prune", *_args(one_process_prune_run, f"{root}/teacher"), *reports]
   interrupt(student, f"{root}/student", signal.SIGKILL, after_step=6,
             env=cpu_env(DEVICES["prune"]))
   _run("prune", f"{root}/student", *student[1:])
@@ -132,6 +135,7 @@ def test_chain_on_gcs_scores_and_exports_exactly_as_local(local_and_gcs_runs,
               == epath.Path(f"{gcs}/{name}").read_bytes()), (run, name)
     for name in ("metrics.jsonl", "run.png", "hf/vocab.txt"):
       assert paths.is_file(f"{gcs}/{name}"), name
+    assert list(epath.Path(f"{gcs}/tb").iterdir()), run  # TensorBoard event files
   local, gcs = local_and_gcs_runs["student"]
   # eval of the bucket's run = its summary's scores (= the local run's, checked above).
   evaluated = _run("eval", gcs, *_args(one_process_prune_run)).stdout

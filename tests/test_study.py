@@ -153,6 +153,12 @@ def test_the_preset_is_the_config_files_defaults_and_finds_its_twins(tmp_path):
   ids = {study.config_id(study.cell_config(study.Cell("MRPC", "preset", 0.9, 0), teacher, False))
          for teacher in (tmp_path / "a", tmp_path / "b")}
   assert len(ids) == 1  # the teacher's path is not part of the id
+  config = study.cell_config(study.Cell("MRPC", "preset", 0.9, 0), tmp_path, False)
+  before = study.config_id(config)
+  config.tensorboard = config.plot = False  # nor are the reports a run draws
+  assert study.config_id(config) == before
+  config.train.lr *= 2
+  assert study.config_id(config) != before
 
 
 def test_preset_cells_take_their_twins_result_and_rerun_when_the_preset_changes(

@@ -53,6 +53,7 @@ def test_finetune_prune_eval_end_to_end(teacher_dir, tmp_path):
   t0 = time.time()
   config = tiny_config("sparsity=0.75")
   config.teacher = str(teacher_dir)
+  config.tensorboard = config.plot = True  # configs/tiny.py turns them off
   summary = trainer.train_and_evaluate(config, tmp_path / "student", "prune", progress=False)
   assert summary["encoder_sparsity"] == pytest.approx(0.75)
   assert summary["selected"]["sparsity"] == pytest.approx(0.75)  # best among final-sparsity evals
