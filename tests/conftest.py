@@ -308,15 +308,25 @@ def pytest_collection_modifyitems(session, config, items):
   items[:] = worker_chunks(items, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-  if hasattr(config, "workerinput"):  # an xdist worker: the controller reports
-    return
-  minutes = (time.time() - _START) / 60
-  line = f"test suite: {minutes:.1f} min of its {BUDGET_MINUTES:g}-minute budget"
+def budget_line(minutes: float, cpu: str) -> str:
+  """The suite's closing line: its time against ``BUDGET_MINUTES`` and the CPU it ran
+  on (machines of the same kind differ by 2x: tests/README.md), with a plain warning
+  when it is over."""
+  line = f"test suite: {minutes:.1f} min of its {BUDGET_MINUTES:g}-minute budget on {cpu}"
   if minutes > BUDGET_MINUTES:
     line += (f" -- OVER BUDGET by {minutes - BUDGET_MINUTES:.1f} min (tests/README.md: "
              "where the time goes)")
-  terminalreporter.write_line(line)
+  return line
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+  if hasattr(config, "workerinput"):  # an xdist worker: the controller reports
+    return
+  spec = importlib.util.spec_from_file_location(
+      "_train_step", Path(__file__).resolve().parents[1] / "bench" / "train_step.py")
+  bench = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # (dataclasses)
+  spec.loader.exec_module(bench)
+  terminalreporter.write_line(budget_line((time.time() - _START) / 60, bench.cpu_model()))
 
 
 def pytest_collection_finish(session):

@@ -7,7 +7,7 @@ import sys
 
 from hypothesis import given, strategies as st
 
-from conftest import cpu_env, worker_chunks
+from conftest import BUDGET_MINUTES, budget_line, cpu_env, worker_chunks
 from test_multiprocess import free_port
 
 
@@ -121,3 +121,11 @@ def test_the_compile_log_has_one_line_per_compile_and_timing_sums_it(tmp_path):
   assert summary.startswith(f"{len(rows) + 1} compiles, ")
   assert f"{len(rows)} distinct programs, 1 of them compiled again (1 compiles," in summary
   assert "| `jit__lambda` | 1 |" in summary
+
+
+def test_the_budget_line_names_the_time_the_budget_and_the_cpu_and_warns_when_over():
+  assert budget_line(6.04, "AMD EPYC, 2 cores (avx2)") == (
+      f"test suite: 6.0 min of its {BUDGET_MINUTES:g}-minute budget on AMD EPYC, 2 cores (avx2)")
+  over = budget_line(BUDGET_MINUTES + 3.9, "cpu")
+  assert over.endswith(" on cpu -- OVER BUDGET by 3.9 min (tests/README.md: where the time "
+                       "goes)")
