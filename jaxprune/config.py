@@ -195,8 +195,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.compilation_cache_dir = "auto"
   # What a run leaves for people besides metrics.jsonl, summary.json and the exports:
   # TensorBoard events under <workdir>/tb (with tensorboardX) and run.png (loss terms,
-  # sparsity and dev metric, with matplotlib). Each costs a second or two of CPU per run
-  # (imports and drawing): configs/tiny.py turns both off for its many short runs.
+  # sparsity and dev metric, with matplotlib). Together ~2.5 CPU-s per run on 2 cores
+  # (imports and drawing; tests/README.md): configs/tiny.py turns both off.
   config.tensorboard = True
   config.plot = True
   return config
@@ -294,9 +294,8 @@ PRECISIONS = ("float32", "bfloat16")
 
 # Fields a resumed run may change: how often it evaluates, saves and logs, where its
 # inputs live, how it is spread over hosts and devices (checkpoints reshard), and which
-# reports it draws. Every
-# other field shapes the training itself and must match the checkpoint's (README,
-# "Resuming"). Sections ending in "." match every field below them.
+# reports it draws. Every other field shapes the training itself and must match the
+# checkpoint's (README, "Resuming"). Sections ending in "." match every field below them.
 RESUMABLE_CHANGES = (
     "finetune.eval_every", "finetune.checkpoint_every", "finetune.log_every",
     "train.eval_every", "train.checkpoint_every", "train.log_every",
