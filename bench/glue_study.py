@@ -25,8 +25,8 @@ cells of (task, method, sparsity, seed):
   95% (``FIXES``: not part of the issue's grid, run after it);
 * ``attention_light``, ``intermediate_ramp_only``, ``augmented``, ``attention_kl``,
   ``lr_low``, ``attention_kl_long``: levers for 95% (``LEVERS``, on MRPC and STS-B, run
-  last; the attention KL also at 90% on CoLA, the task below the 90% target): the attention MSE weighted 0.1 instead of 1; the attention and hidden terms
-  switched off when the sparsity ramp ends instead of at 80%; the same number of steps
+  last; the attention KL also at 90% on CoLA, the task below the 90% target): the
+  attention MSE weighted 0.1 instead of 1; the attention and hidden terms switched off when the sparsity ramp ends instead of at 80%; the same number of steps
   drawn from a TinyBERT-style augmentation of the training split (``AUGMENT_COPIES``
   draws per text, created once per task under ``<root>/<task>/augmented-x<N>``) instead
   of epochs over the split itself; the attention term as the KL of the attention

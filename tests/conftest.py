@@ -310,7 +310,7 @@ def pytest_collection_modifyitems(session, config, items):
 
 def budget_line(minutes: float, cpu: str) -> str:
   """The suite's closing line: its time against ``BUDGET_MINUTES`` and the CPU it ran
-  on (machines of the same kind differ by 2x: tests/README.md), with a plain warning
+  on (machines of the same kind differ: tests/README.md), with a plain warning
   when it is over."""
   line = f"test suite: {minutes:.1f} min of its {BUDGET_MINUTES:g}-minute budget on {cpu}"
   if minutes > BUDGET_MINUTES:
