@@ -29,8 +29,8 @@ cells of (task, method, sparsity, seed):
   attention MSE weighted 0.1 instead of 1; the attention and hidden terms switched off
   when the sparsity ramp ends instead of at 80%; the same number of steps drawn from a
   TinyBERT-style augmentation of the training split (``AUGMENT_COPIES`` draws per text,
-  created once per task under ``<root>/<task>/augmented-x<N>``) instead of epochs over the split itself; the attention term as the KL of the attention
-  distributions instead of the raw scores' MSE; the student's learning rate at
+  created once per task under ``<root>/<task>/augmented-x<N>``) instead of epochs over
+  the split itself; the attention term as the KL of the attention distributions instead of the raw scores' MSE; the student's learning rate at
   ``LR_LOW`` instead of the preset's; the attention KL on ``sparsebert_long``'s schedule
   (the preset's at 95%), against that cell;
 * ``preset``: SparseBERT as a user runs it, ``configs/minilm_glue.py`` on its defaults
