@@ -31,8 +31,9 @@ cells of (task, method, sparsity, seed):
   TinyBERT-style augmentation of the training split (``AUGMENT_COPIES`` draws per text,
   created once per task under ``<root>/<task>/augmented-x<N>``) instead of epochs over
   the split itself; the attention term as the KL of the attention distributions instead
-  of the raw scores' MSE; the student's learning rate at ``LR_LOW`` instead of the preset's; the attention KL on ``sparsebert_long``'s schedule
-  (the preset's at 95%), against that cell;
+  of the raw scores' MSE; the student's learning rate at ``LR_LOW`` instead of the
+  preset's; the attention KL on ``sparsebert_long``'s schedule (the preset's at 95%),
+  against that cell;
 * ``preset``: SparseBERT as a user runs it, ``configs/minilm_glue.py`` on its defaults
   (each task's distillation terms; from 95% on the long schedule and the attention KL):
   the cells issue 40's targets are judged on, and README's SparseBERT columns. A preset
