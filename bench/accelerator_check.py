@@ -63,10 +63,10 @@ SECTIONS = ("train", "infer", "correctness")
 TRAIN = (("minilm b32", ts.Shape(6, 384, 12, 1536, batch=32, seq=128)),
          ("bert-base b32", ts.Shape(12, 768, 12, 3072, batch=32, seq=128)),
          ("bert-base b128", ts.Shape(12, 768, 12, 3072, batch=128, seq=128)))
-SMOKE_TRAIN = (("tiny b4", ts.Shape(2, 32, 4, 64, batch=4, seq=16, vocab=512)),)
+SMOKE_TRAIN = (("tiny b4", ts.Shape(1, 32, 4, 64, batch=4, seq=16, vocab=512)),)
 INFER_SHAPE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                    intermediate_size=3072)
-SMOKE_INFER_SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+SMOKE_INFER_SHAPE = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                          intermediate_size=64, vocab_size=512)
 SPARSITIES, SMOKE_SPARSITIES = ("2:4", "0.9", "0.95"), ("2:4", "0.9")
 BATCHES, SMOKE_BATCHES, SEQ, SMOKE_SEQ = (1, 8, 64), (2,), 128, 16

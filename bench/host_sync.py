@@ -1,7 +1,7 @@
 """Steps/s of the training loop with the host fetching every step, and every 100 steps.
 
 Run: ``python bench/host_sync.py`` (about 2 minutes on 2 CPU cores). The tiny config
-(configs/tiny.py: a 2-layer, 32-wide BERT, batch 8), where a step's device time is
+(configs/tiny.py at 2 layers, as measured in docs/performance.md: 32 wide, batch 8), where a step's device time is
 smallest and the host's share of each step largest, fine-tunes for 400 steps with
 ``log_every=1`` (the loop fetched every step's metrics before results were deferred:
 the host waits for each step before dispatching the next) and with ``log_every=100``
@@ -41,6 +41,7 @@ def rate(log_every: int) -> float:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(f"steps={STEPS}")
+  config.model_overrides.num_hidden_layers = 2  # as measured in docs/performance.md
   config.finetune.update(log_every=log_every, eval_every=STEPS, checkpoint_every=STEPS)
   with tempfile.TemporaryDirectory() as workdir:
     trainer.train_and_evaluate(config, workdir, "finetune", progress=False)

@@ -165,7 +165,7 @@ else:
 # `jaxprune.config.demo_config()` is the recipe of the repository's `make demo` (MiniLM-L6
 # on SST-2, 90% sparsity reached halfway through the student's run, then trained at
 # 90%); the parameters above change its task and lengths. In smoke mode the model
-# is a 2-layer, 32-wide random BERT with MiniLM's vocabulary trained for 12 steps on 64
+# is a 1-layer, 32-wide random BERT with MiniLM's vocabulary trained for 12 steps on 64
 # examples, as `configs/tiny.py`: the scores mean nothing, every step runs.
 
 # %%
@@ -181,7 +181,7 @@ config.train.eval_every = 125  # dev scores along the sparsity ramp
 config.prune.sparsity = SPARSITY
 if SMOKE:
   config.model = f"random:{MODEL}"
-  config.model_overrides.update(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+  config.model_overrides.update(num_hidden_layers=1, hidden_size=32, num_attention_heads=4,
                                 intermediate_size=64)
   config.train_subsample, config.dev_subsample = 64, 48
   config.max_seq_len, config.eval_batch_size = 32, 16

@@ -153,6 +153,29 @@ def test_sparsity_report():
   assert "total" in r.format()
 
 
+def test_layer_sparsity_counts_each_encoder_layer_and_the_total_hand_computed():
+  """The pruning-event report (``report.layer_sparsity``), per layer of a 2-layer model
+  (the CLI's tiny runs have one). A layer holds 4 x (4x4) attention matrices and 4x8 +
+  8x4 FFN matrices: 128 prunable entries. All of layer 0's query (16) and half of layer
+  1's FFN output (16) pruned, and the classifier's (not selected) with them."""
+  import optax
+  from jaxprune import prune_by_magnitude
+  from jaxprune import report
+  params = bert_like(layers=2, h=4, ff=8)
+  opt_state = optax.chain(optax.sgd(0.1),
+                          prune_by_magnitude(0.5, BERT_ENCODER_MATRICES)).init(params)
+  masks = jax.tree.map(lambda x: np.ones(x.shape, bool), params)
+  masks["bert"]["encoder"]["layer"]["0"]["attention"]["self"]["query"]["kernel"][:] = False
+  masks["bert"]["encoder"]["layer"]["1"]["output"]["dense"]["kernel"][:4] = False
+  masks["classifier"]["kernel"][:] = False
+  opt_state = (opt_state[0], opt_state[1]._replace(masks=masks))
+  got = report.layer_sparsity(opt_state, BERT_ENCODER_MATRICES)
+  assert got == {"layer_0": 16 / 128, "layer_1": 16 / 128, "total": 32 / 256}
+  # Any selection: all of layer 1's 172 entries (its biases and LayerNorms too).
+  only_1 = report.layer_sparsity(opt_state, "encoder/layer/1/")
+  assert list(only_1) == ["layer_1", "total"] and only_1["total"] == pytest.approx(16 / 172)
+
+
 def test_bf16_and_jit():
   w = jnp.asarray(np.random.default_rng(0).normal(size=(16, 8)), jnp.bfloat16)
   f = jax.jit(lambda p: magnitude_masks(p, 0.75))

@@ -63,7 +63,8 @@ def test_finetune_prune_eval_end_to_end(teacher_dir, tmp_path):
   assert kinds == {"teacher_eval", "train", "eval", "prune_event"}
   events = [r for r in rows if r["kind"] == "prune_event"]
   assert len(events) == 4 and events[-1]["total"] == pytest.approx(0.75)
-  assert all(set(e) >= {"layer_0", "layer_1", "total"} for e in events)
+  # configs/tiny.py has one layer (test_masks.py counts layers of a 2-layer model).
+  assert all(set(e) >= {"layer_0", "total"} for e in events)
   train_rows = [r for r in rows if r["kind"] == "train"]
   assert {"loss", "attention_loss", "hidden_loss", "prediction_loss", "sparsity", "grad_norm",
           "learning_rate"} <= set(train_rows[-1])
