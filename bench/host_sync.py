@@ -1,13 +1,13 @@
 """Steps/s of the training loop with the host fetching every step, and every 100 steps.
 
 Run: ``python bench/host_sync.py`` (about 2 minutes on 2 CPU cores). The tiny config
-(configs/tiny.py at 2 layers, as measured in docs/performance.md: 32 wide, batch 8), where a step's device time is
-smallest and the host's share of each step largest, fine-tunes for 400 steps with
-``log_every=1`` (the loop fetched every step's metrics before results were deferred:
-the host waits for each step before dispatching the next) and with ``log_every=100``
-(results stay on the device between log steps). The rate is taken over steps 201-400,
-after compilation; runs alternate so that other load hits both alike. Prints medians and
-the ratio, names the CPU, asserts nothing.
+(configs/tiny.py with 2 layers, as docs/performance.md measured it: 32 wide, batch 8),
+where a step's device time is smallest and the host's share of each step largest,
+fine-tunes for 400 steps with ``log_every=1`` (the loop fetched every step's metrics
+before results were deferred: the host waits for each step before dispatching the next)
+and with ``log_every=100`` (results stay on the device between log steps). The rate is
+taken over steps 201-400, after compilation; runs alternate so that other load hits both
+alike. Prints medians and the ratio, names the CPU, asserts nothing.
 """
 
 from __future__ import annotations
