@@ -247,7 +247,7 @@ def sparsity_by_layer(nonzero: dict[str, Any], sizes: dict[str, int]) -> dict[st
 
 def layer_sparsity(opt_state: Any, where: Any) -> dict[str, float]:
   """Sparsity per encoder layer (``layer_<i>``) and in ``total`` of the pruning masks in
-  an optimizer state (or of a mask tree), on any mesh.
+  an optimizer state (any state `transforms.find_masks` reads), on any mesh.
 
   Example: ``layer_sparsity(state.opt_state, "bert_encoder")["total"]`` is ``0.9`` at the
   end of a 90% run.
