@@ -31,6 +31,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxprune-xla-cache-")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The processes of a multi-process run start together, so each missed the cache and
+# compiled every program of the run at the same time (the two processes of a cold tiny
+# prune run: 2 x ~8 CPU-s). With JAX's binary sharing, process 0 compiles and hands the
+# executable to the others through the run's coordination service (tests/README.md,
+# "session 33"). The CLI leaves JAX's default (off): on a real slice every host compiles.
+os.environ.setdefault("JAX_SHARE_BINARY_BETWEEN_HOSTS", "true")
 
 # XLA's CPU backend set to compile fast: the tests' programs are tiny, so compiling is
 # much of their time (377 of a run's ~860 CPU-seconds with level 0 alone). Level 0 skips
