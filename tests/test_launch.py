@@ -503,7 +503,9 @@ def test_a_detached_job_outlives_the_launcher_and_is_watched_and_stopped(
 
   On two slices (``--num-slices=2``, 2 x v4-8: one worker each): every command reaches
   the workers of both, numbered slice after slice."""
-  env = dict(_pod_env(fake), JAXPRUNE_GLUE_DIR=str(glue_dir))
+  # The job only has to run while the launcher is exercised: 0.2 s of sleep per step
+  # (tests/site/sitecustomize.py) keeps its two workers from taking both cores.
+  env = dict(_pod_env(fake), JAXPRUNE_GLUE_DIR=str(glue_dir), JAXPRUNE_TEST_STEP_SECONDS="0.2")
   slices = ["--num-slices=2"]
   for step in (["create", "pod", *WHERE, "--accelerator-type=v4-8", *slices, "--poll=0.05"],
                ["setup", "pod", *WHERE, "--local", *slices]):
@@ -546,7 +548,8 @@ def test_a_detached_job_outlives_the_launcher_and_is_watched_and_stopped(
   assert "worker 1 (pod-1 worker 0): exit 75 (run a)" in _status("pod", env, *slices)
   from jaxprune import paths
   copied = paths.read_text(f"{workdir}/logs/worker-0.log")
-  assert "jaxprune: preempted at step" in copied
+  preempted = int(re.search(r"jaxprune: preempted at step (\d+)", copied)[1])
+  assert preempted <= (time.time() - start) / 0.2, preempted  # each step slept its 0.2 s
   followed = launcher("logs", "pod", *WHERE, "--follow", *slices, env=env)
   assert followed.returncode == 0 and "jaxprune: preempted at step" in followed.stdout
 

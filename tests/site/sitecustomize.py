@@ -24,6 +24,11 @@ inherit): ``tests/timing.py --compiles <file>`` sums them per program and per te
 is how the suite's compile time was found to be 44% of its CPU (tests/README.md,
 "2026-12-07").
 
+With ``JAXPRUNE_TEST_STEP_SECONDS=<s>``, a training loop sleeps that long at each step
+(in ``PreemptionGuard.requested``, which every step calls): a job that only has to be
+running while a test watches it (the launcher's detached job) then idles instead of
+taking a core from the rest of the suite.
+
 Lazily: jax is not imported here (most processes the tests start never import it); each
 patch is applied when its module (``jax._src.cache_key``, ``jax._src.compiler``) is first
 imported.
@@ -75,9 +80,26 @@ def _log_compiles(module, log: str) -> None:
   module._compile_and_write_cache = compile_and_write_cache
 
 
+def _slow_steps(module, seconds: float) -> None:
+  """Makes ``PreemptionGuard.requested`` (called once per training step) sleep first."""
+  guard = getattr(module, "PreemptionGuard", None)
+  if guard is None:
+    return
+  requested = guard.requested
+
+  def slow_requested(self, step):
+    time.sleep(seconds)
+    return requested(self, step)
+
+  guard.requested = slow_requested
+
+
 _PATCHES = {"jax._src.cache_key": _patch_cache_key}
 if os.environ.get("JAXPRUNE_COMPILE_LOG"):
   _PATCHES["jax._src.compiler"] = lambda m: _log_compiles(m, os.environ["JAXPRUNE_COMPILE_LOG"])
+if os.environ.get("JAXPRUNE_TEST_STEP_SECONDS"):
+  _PATCHES["jaxprune.checkpoint"] = lambda m: _slow_steps(
+      m, float(os.environ["JAXPRUNE_TEST_STEP_SECONDS"]))
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
