@@ -229,7 +229,7 @@ def _tiny_batches(n: int, batch: int = 8, seq: int = 16, vocab: int = 512):
 
 
 def correctness_run(device: Any, workdir: Path, steps: int = 16) -> dict[str, Any]:
-  """The tiny prune run on ``device``: fine-tune a 2-layer teacher for ``steps`` steps,
+  """The tiny prune run on ``device``: fine-tune a 1-layer teacher for ``steps`` steps,
   prune + distill a fresh student to 50% over ``steps`` steps (4 mask events), export the
   sparse artifact to ``workdir`` and load it back. Returns host numpy masks, student
   params, the loaded artifact's tensors, and the losses."""
@@ -237,7 +237,7 @@ def correctness_run(device: Any, workdir: Path, steps: int = 16) -> dict[str, An
   import optax
   from jaxprune import export, masks, optim, schedules, sharding, train, transforms
   from jaxprune.models import bert
-  config = bert.BertConfig(vocab_size=512, hidden_size=32, num_hidden_layers=2,
+  config = bert.BertConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1,
                            num_attention_heads=4, intermediate_size=64, num_labels=2)
   model = bert.BertForSequenceClassification(config)
   mesh = sharding.make_mesh((1, 1), devices=[device])
