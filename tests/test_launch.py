@@ -569,12 +569,13 @@ def test_quota_permission_and_zone_errors_are_one_line_and_not_retried(fake, kin
 
 
 def _babysit_quick(env: dict, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-  """babysit of a job that fails at once (an export of a run that never was: exit 2), so
-  that only the VM's and queued resource's states are exercised."""
+  """babysit of a job that fails at once (an export format jaxprune's flags reject: exit
+  2, before the job imports jax), so that only the VM's and queued resource's states are
+  exercised."""
   return launcher("babysit", "pod", *WHERE, "--accelerator-type=v4-16", "--local",
                   "--poll=0.05", "--retry-wait=0.05", "--run-name=q", *extra, "--",
-                  "--mode=export", "--workdir=gs://jaxprune-test/never-written", env=env,
-                  cwd=tmp_path)
+                  "--mode=export", "--format=none", "--workdir=gs://jaxprune-test/never-written",
+                  env=env, cwd=tmp_path)
 
 
 @pytest.mark.slow
