@@ -76,6 +76,26 @@ def test_regression_head_export(minilm_dir, tmp_path):
   assert cfg["num_labels"] == 1 and cfg["problem_type"] == "regression"
 
 
+def test_missing_heads_get_the_values_a_full_init_gives_them(tmp_path):
+  """from_pretrained initialises only the heads a checkpoint lacks (the rest of the
+  random init is never computed); they equal a full init's heads for the same seed."""
+  tiny = dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, intermediate_size=64)
+  _, full, config = models.from_config("minilm-l6", num_labels=3, seed=1, **tiny)
+  models.export_hf(jax.tree.map(np.zeros_like, full), config, tmp_path)
+  state = load_file(str(tmp_path / "model.safetensors"))
+  kept = {k: v for k, v in state.items() if not k.startswith(("bert.pooler.", "classifier."))}
+  assert len(kept) < len(state)
+  save_file(kept, str(tmp_path / "model.safetensors"))
+  _, params, _ = models.from_pretrained(tmp_path, num_labels=3, seed=1)
+  for head in (params["classifier"], params["bert"]["pooler"]["dense"]):
+    assert np.any(head["kernel"] != 0)
+  np.testing.assert_array_equal(params["classifier"]["kernel"], full["classifier"]["kernel"])
+  np.testing.assert_array_equal(params["bert"]["pooler"]["dense"]["kernel"],
+                                full["bert"]["pooler"]["dense"]["kernel"])
+  assert not np.any(params["bert"]["encoder"]["layer"]["0"]["attention"]["self"]["query"]
+                    ["kernel"])  # loaded: the zeros written above
+
+
 def test_old_gamma_beta_names_and_prefix(tmp_path, minilm_dir):
   state = load_file(str(minilm_dir / "model.safetensors"))
   renamed = {"bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma")

@@ -193,7 +193,7 @@ def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = No
 
   params = {k: np.asarray(loaded[k], dtype=expected[k].dtype) for k in expected if k in loaded}
   if fresh:
-    init = flatten(bert.init_params(model, jax.random.key(seed)))
+    init = flatten(bert.init_params(model, jax.random.key(seed), only=_OPTIONAL_HEADS))
     params.update({k: np.asarray(init[k]) for k in fresh})
     log.warning("%s: freshly initialised (not in the checkpoint): %s", directory,
                 ", ".join(fresh))
