@@ -29,9 +29,9 @@ With ``JAXPRUNE_TEST_STEP_SECONDS=<s>``, a training loop sleeps that long at eac
 running while a test watches it (the launcher's detached job) then idles instead of
 taking a core from the rest of the suite.
 
-Lazily: jax is not imported here (most processes the tests start never import it); each
-patch is applied when its module (``jax._src.cache_key``, ``jax._src.compiler``) is first
-imported.
+Lazily: neither jax nor jaxprune is imported here (most processes the tests start never
+import them); each patch is applied when its module (``jax._src.cache_key``,
+``jax._src.compiler``, ``jaxprune.checkpoint``) is first imported.
 """
 
 import importlib.abc
