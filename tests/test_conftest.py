@@ -1,13 +1,13 @@
 """The suite's own machinery: its scheduling (conftest.worker_chunks: no test lost, slow
-ones first) and tests/site/sitecustomize.py (one compilation cache key on every process;
-the compile log that tests/timing.py sums)."""
+ones first), tests/site/sitecustomize.py (one compilation cache key on every process;
+the compile log that tests/timing.py sums) and the GCS emulator's error output."""
 
 import subprocess
 import sys
 
 from hypothesis import given, strategies as st
 
-from conftest import BUDGET_MINUTES, budget_line, cpu_env, worker_chunks
+from conftest import BUDGET_MINUTES, _quiet_on_hang_ups, budget_line, cpu_env, worker_chunks
 from test_multiprocess import free_port
 
 
@@ -129,3 +129,17 @@ def test_the_budget_line_names_the_time_the_budget_and_the_cpu_and_warns_when_ov
   over = budget_line(BUDGET_MINUTES + 3.9, "cpu")
   assert over.endswith(" on cpu -- OVER BUDGET by 3.9 min (tests/README.md: where the time "
                        "goes)")
+
+
+def test_the_emulator_keeps_quiet_when_a_client_hangs_up_and_reports_the_rest(capsys):
+  import socketserver
+  httpd = socketserver.BaseServer(("127.0.0.1", 0), socketserver.BaseRequestHandler)
+  _quiet_on_hang_ups(httpd)
+  for error in (BrokenPipeError(32, "Broken pipe"), ConnectionResetError(104, "reset"),
+                KeyError("bucket")):
+    try:
+      raise error
+    except Exception:  # as socketserver calls handle_error: inside its except block
+      httpd.handle_error(None, ("127.0.0.1", 1234))
+  err = capsys.readouterr().err
+  assert "KeyError: 'bucket'" in err and "BrokenPipeError" not in err and "reset" not in err
