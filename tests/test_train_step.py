@@ -84,6 +84,25 @@ def test_distill_prune_metrics_step_purity_and_single_compile():
   assert int(a.step) == 1 and step._cache_size() == 1
 
 
+def test_event_and_plain_variants_share_one_trace_of_the_models(monkeypatch):
+  """The two programs of a prune run (``prune_event`` True / False) trace the student's
+  and teacher's forward and backward passes once between them (the inner ``jax.jit``
+  of ``make_train_step``): for BERT-base that halves the tracing (bench/trace_step.py)."""
+  s = worker.setup()
+  traced = []
+  loss = distill.distillation_loss
+  monkeypatch.setattr(distill, "distillation_loss",
+                      lambda *a, **k: traced.append(1) or loss(*a, **k))
+  step = jax.jit(train.make_train_step(s["student"], s["tx"], teacher=s["teacher"],
+                                       learning_rate=worker.LEARNING_RATE),
+                 static_argnums=(3,))
+  state = jax.eval_shape(
+      lambda: train.create_train_state(s["student_params"], s["tx"], jax.random.key(2)))
+  for event in (True, False, None):
+    step.trace(state, s["teacher_params"], s["batches"][0], event)
+  assert len(traced) == 1
+
+
 @pytest.fixture(scope="module")
 def label_batch():
   return padded(worker.setup()["batches"][0], rows=2)
