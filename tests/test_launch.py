@@ -503,9 +503,12 @@ def test_a_detached_job_outlives_the_launcher_and_is_watched_and_stopped(
 
   On two slices (``--num-slices=2``, 2 x v4-8: one worker each): every command reaches
   the workers of both, numbered slice after slice."""
-  # The job only has to run while the launcher is exercised: 0.2 s of sleep per step
-  # (tests/site/sitecustomize.py) keeps its two workers from taking both cores.
-  env = dict(_pod_env(fake), JAXPRUNE_GLUE_DIR=str(glue_dir), JAXPRUNE_TEST_STEP_SECONDS="0.2")
+  # The job only has to run while the launcher is exercised: 0.5 s of sleep per step
+  # (tests/site/sitecustomize.py) keeps its two workers from taking both cores (at 0.2 s
+  # each still spent ~12 CPU-s on ~175 steps of logging and checkpoints).
+  pause = 0.5
+  env = dict(_pod_env(fake), JAXPRUNE_GLUE_DIR=str(glue_dir),
+             JAXPRUNE_TEST_STEP_SECONDS=str(pause))
   slices = ["--num-slices=2"]
   for step in (["create", "pod", *WHERE, "--accelerator-type=v4-8", *slices, "--poll=0.05"],
                ["setup", "pod", *WHERE, "--local", *slices]):
@@ -549,7 +552,7 @@ def test_a_detached_job_outlives_the_launcher_and_is_watched_and_stopped(
   from jaxprune import paths
   copied = paths.read_text(f"{workdir}/logs/worker-0.log")
   preempted = int(re.search(r"jaxprune: preempted at step (\d+)", copied)[1])
-  assert preempted <= (time.time() - start) / 0.2, preempted  # each step slept its 0.2 s
+  assert preempted <= (time.time() - start) / pause, preempted  # each step slept its pause
   followed = launcher("logs", "pod", *WHERE, "--follow", *slices, env=env)
   assert followed.returncode == 0 and "jaxprune: preempted at step" in followed.stdout
 
