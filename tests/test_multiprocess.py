@@ -5,8 +5,8 @@ interleaved by process as on a TPU slice (tests/interleaved_devices.py): each pr
 feeds only its rows of every batch (``sharding.batch_rows``, two separate blocks here)
 through ``jax.make_array_from_process_local_data``, and must end with the single-device
 run's losses and params. The CLI's tiny prune job runs on 2 processes interleaved
-(SIGTERM to one process) and in process order on a 2 (data) x 2 (model) mesh (SIGKILL
-to one process); both resume to the 1-process x 4-device run's final state.
+(SIGTERM, then SIGKILL, to one process), then resumes in process order on a 2 (data) x 2
+(model) mesh to the 1-process x 4-device run's final state.
 """
 
 import json
@@ -42,8 +42,8 @@ def free_port() -> int:
 def test_two_processes_match_one_process(tmp_path, order, mesh):
   """Devices interleaved by process as on a TPU slice, on a 4x1 mesh: the data axis goes
   p0, p1, p0, p1, so process 0's rows of each batch are two separate blocks. (Devices in
-  process order on a 2x2 mesh: the SIGKILL test's CLI run below, against the same
-  1-process reference.)"""
+  process order on a 2x2 mesh: the last CLI run of the SIGTERM-then-SIGKILL test
+  below, against the same 1-process reference.)"""
   coordinator = f"127.0.0.1:{free_port()}"
   extra = ["--interleave"] if order == "interleaved" else []
   procs = [launch_worker(tmp_path, mesh, 2, "--coordinator", coordinator, *extra,
@@ -138,18 +138,33 @@ def assert_matches_one_process(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_matches(
+def test_sigterm_then_sigkill_to_one_process_and_both_resume_to_the_one_process_result(
     one_process_prune_run, tmp_path):
   """The CLI's tiny prune job (padding trim and length grouping on) on 2 processes x 2
-  CPU devices on 127.0.0.1, devices interleaved by process as on a TPU slice (each
-  process loads two separate blocks of every batch), with a preemption notice that
-  reaches only process 1: both save the same step, say so, exit with 75; the same
-  command resumes and ends where the 1-process x 4-device run ended, with one metrics
-  row per step."""
+  CPU devices on 127.0.0.1, interrupted twice, then run to the end; it must end where
+  the 1-process x 4-device run ended.
+
+  1. Devices interleaved by process as on a TPU slice (each process loads two separate
+     blocks of every batch). A preemption notice reaches only process 1: both save the
+     same step, say so, exit with 75.
+  2. The same command resumes from that step; process 1 is then killed (SIGKILL): process
+     0 does not hang in the next collective; it exits within seconds with
+     PEER_LOST_EXIT_CODE and one ``jaxprune: error:`` line.
+  3. The same job on a 2 (data) x 2 (model) mesh with devices in process order (the
+     checkpoints reshard), with process 1 unable to read the newest checkpoint (a
+     transient read error, tests/unreadable_checkpoint.py): both restore the one before
+     it and train from there. Deciding per process would have process 0 resume from the
+     newest while process 1 trains from the older one (a hang).
+
+  Process 0 writes each step's metrics row once, across the interruptions."""
+  from jaxprune.sharding import PEER_LOST_EXIT_CODE
   args, _, reference = one_process_prune_run
   workdir = tmp_path / "two"
-  procs = _two_processes(args, workdir, tmp_path, interleave=True)
-  _wait_for_step(procs, workdir, random.Random(os.getpid()).randint(3, 8), tmp_path)
+  # Every step agrees on a preemption notice (not every 10th): the run stops near the
+  # signal, with steps left for the second interruption.
+  interleaved = [*args, "--config.heartbeat_timeout=10", "--config.preemption_check_every=1"]
+  procs = _two_processes(interleaved, workdir, tmp_path, interleave=True)
+  _wait_for_step(procs, workdir, random.Random(os.getpid()).randint(3, 4), tmp_path)
   procs[1].send_signal(signal.SIGTERM)
   for p in procs:
     p.wait(timeout=300)
@@ -162,34 +177,10 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_matches(
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").open()]
   assert [r["step"] for r in rows if r["kind"] == "preempted"] == [step]
   assert (workdir / "checkpoints" / str(step)).is_dir()
-  wait(_two_processes(args, workdir, tmp_path, interleave=True), tmp_path)
-  assert_matches_one_process(reference, _checkpoint(workdir, STEPS))
-  summary = json.loads((workdir / "summary.json").read_text())
-  assert summary["processes"] == 2 and summary["devices"] == 4
-  logs = [(tmp_path / f"two_{i}.log").read_text() for i in range(2)]
-  assert "[process 1]" in logs[1] or "[process 1]" not in logs[0]
-  # Process 0 writes each step's row once, also across the preemption and the resume.
-  assert [r["step"] for r in _train_rows(workdir)] == list(range(1, STEPS + 1))
 
-
-@pytest.mark.slow
-def test_killing_one_process_ends_the_other_and_both_resume_from_the_newest_step_both_read(
-    one_process_prune_run, tmp_path):
-  """SIGKILL on process 1 of the tiny prune job mid-run: process 0 does not hang in the
-  next collective; it exits within seconds with PEER_LOST_EXIT_CODE and one
-  ``jaxprune: error:`` line. The same command on both then resumes and ends where the
-  1-process x 4-device run ended, with process 1 unable to read the newest checkpoint
-  (a transient read error, tests/unreadable_checkpoint.py): both restore the one before
-  it and train from there. Deciding per process would have process 0 resume from the
-  newest while process 1 trains from the older one (a hang)."""
-  from jaxprune.sharding import PEER_LOST_EXIT_CODE
-  args, _, reference = one_process_prune_run
-  workdir = tmp_path / "run"
-  # Devices in process order on a 2 (data) x 2 (model) mesh: each process holds one
-  # block of rows, and the model axis stays within a process.
-  args = [*args, "--config.heartbeat_timeout=10", "--config.mesh_shape=(2,2)"]
-  procs = _two_processes(args, workdir, tmp_path)
-  _wait_for_step(procs, workdir, 6, tmp_path)  # checkpoints 2 and 4 are complete
+  (tmp_path / "resumed").mkdir()
+  procs = _two_processes(interleaved, workdir, tmp_path / "resumed", interleave=True)
+  _wait_for_step(procs, workdir, step + 4, tmp_path / "resumed")  # a checkpoint after it
   procs[1].kill()
   start = time.time()
   try:
@@ -197,21 +188,24 @@ def test_killing_one_process_ends_the_other_and_both_resume_from_the_newest_step
   except subprocess.TimeoutExpired:
     procs[0].kill()
     pytest.fail("process 0 still runs 60 s after process 1 was killed")
-  assert procs[0].returncode == PEER_LOST_EXIT_CODE, worker_logs(tmp_path)
+  assert procs[0].returncode == PEER_LOST_EXIT_CODE, worker_logs(tmp_path / "resumed")
   assert time.time() - start < 30
-  lines = [l for l in re.split(r"[\r\n]", (tmp_path / "run_0.log").read_text()) if l.strip()]
+  log = (tmp_path / "resumed" / "two_0.log").read_text()
+  lines = [l for l in re.split(r"[\r\n]", log) if l.strip()]
   errors = [l[l.index("jaxprune:"):] for l in lines if "jaxprune:" in l]
   assert len(errors) == 1 and errors[0] == lines[-1][lines[-1].index("jaxprune:"):], lines[-5:]
   assert errors[0].startswith("jaxprune: error: process 0: lost another process of the run")
   assert "re-run the same command" in errors[0]
   before = [r["step"] for r in _train_rows(workdir)]
+  assert before == list(range(1, before[-1] + 1)) and before[-1] < STEPS, before
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert len(steps) >= 2 and steps[-1] < STEPS, steps
   newest, older = steps[-1], steps[-2]
+
   coordinator = f"127.0.0.1:{free_port()}"
-  wait([_start([*args, f"--workdir={workdir}", f"--config.coordinator_address={coordinator}",
-                "--config.num_processes=2", f"--config.process_id={i}"], 2,
-               tmp_path / f"rerun_{i}.log",
+  wait([_start([*args, "--config.mesh_shape=(2,2)", f"--workdir={workdir}",
+                f"--config.coordinator_address={coordinator}", "--config.num_processes=2",
+                f"--config.process_id={i}"], 2, tmp_path / f"rerun_{i}.log",
                main=[str(ROOT / "tests" / "unreadable_checkpoint.py"), str(newest)] if i else None)
         for i in range(2)], tmp_path)
   for i in range(2):
@@ -219,6 +213,13 @@ def test_killing_one_process_ends_the_other_and_both_resume_from_the_newest_step
     assert f"checkpoints/{newest} is unreadable on process(es) [1]" in log, log[-3000:]
   assert [r["step"] for r in _train_rows(workdir)] == before + list(range(older + 1, STEPS + 1))
   assert_matches_one_process(reference, _checkpoint(workdir, STEPS))
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["processes"] == 2 and summary["devices"] == 4
+  assert summary["mesh"] == {"data": 2, "model": 2}
+  logs = [(tmp_path / f"rerun_{i}.log").read_text() for i in range(2)]
+  assert "[process 1]" in logs[1] or "[process 1]" not in logs[0]
+  print(f"\npreempted at step {step}, killed after step {before[-1]}, resumed from step "
+        f"{older} (step {newest} unreadable on process 1)")
 
 
 # The CLI with process 1 reaching everything 3 s after process 0 (it joins the run late).
