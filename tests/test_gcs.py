@@ -4,11 +4,14 @@ through the same gcsfs / epath / tensorstore stack a TPU-pod run uses.
 Files are published only when complete, remote folders are read through a local copy,
 and the tiny finetune -> prune -> eval -> export chain with every path in the bucket
 (the teacher read from there too) scores and exports exactly as conftest's reference
-chain in local folders; a run killed with SIGKILL resumes from the bucket to the
-reference's final state.
+chain in local folders; a run stopped by SIGTERM, then killed with SIGKILL, resumes from
+the bucket to the reference's final state, bit for bit.
 """
 
 import json
+import os
+import random
+import re
 import signal
 import time
 
@@ -17,6 +20,8 @@ from etils import epath
 
 from conftest import cpu_env
 from jaxprune import paths
+from jaxprune import report
+from test_launch import _checkpoint_steps
 from test_multiprocess import STEPS, _checkpoint
 from test_trainer import _cli, assert_same_states, interrupt
 
@@ -108,13 +113,25 @@ def local_and_gcs_runs(gcs_bucket, one_process_prune_run):
   # and uploaded (GCS objects cannot be appended to).
   reports = ("--config.tensorboard=True", "--config.plot=True")
   _run("finetune", f"{root}/teacher", *_args(one_process_prune_run), *reports)
-  # The prune run is killed (SIGKILL) after step 6, then resumed from the bucket.
+  # The prune run is stopped by SIGTERM, resumed, killed (SIGKILL) and resumed again.
   student = ["--mode=prune", *_args(one_process_prune_run, f"{root}/teacher"), *reports]
-  interrupt(student, f"{root}/student", signal.SIGKILL, after_step=6,
-            env=cpu_env(DEVICES["prune"]))
-  _run("prune", f"{root}/student", *student[1:])
-  print(f"\ntiny finetune + prune in gs:// (2 x {STEPS} steps, the prune killed and "
-        f"resumed): {time.time() - t0:.1f} s")
+  workdir, env = f"{root}/student", cpu_env(DEVICES["prune"])
+  rng = random.Random(os.getpid())
+  code, stderr = interrupt(student, workdir, signal.SIGTERM, rng.randint(3, 5), env=env)
+  # SIGTERM saves at a step boundary and says so in one line (exit code 75).
+  assert code == 75, stderr[-2000:]
+  line = [l for l in stderr.splitlines() if l.startswith("jaxprune:")]
+  assert len(line) == 1 and re.search(r"preempted at step (\d+); re-run", line[0]), stderr
+  step = int(re.search(r"step (\d+)", line[0])[1])
+  assert step in _checkpoint_steps(workdir)  # not through gcsfs: it would cache the listing
+  assert {"step": step, "kind": "preempted", "signal": 15} in report.read_metrics(
+      f"{workdir}/metrics.jsonl")
+  kill_at = rng.randint(step + 2, max(step + 2, STEPS - 3))
+  code, stderr = interrupt(student, workdir, signal.SIGKILL, kill_at, env=env)
+  assert code == -signal.SIGKILL, stderr[-2000:]
+  _run("prune", workdir, *student[1:])
+  print(f"\ntiny finetune + prune in gs:// (2 x {STEPS} steps, the prune stopped at step "
+        f"{step}, killed after step {kill_at}, resumed): {time.time() - t0:.1f} s")
   return {"teacher": (str(local_student.parent / "teacher"), f"{root}/teacher"),
           "student": (str(local_student), f"{root}/student")}
 
@@ -122,8 +139,8 @@ def local_and_gcs_runs(gcs_bucket, one_process_prune_run):
 @pytest.mark.slow
 def test_chain_on_gcs_scores_and_exports_exactly_as_local(local_and_gcs_runs,
                                                           one_process_prune_run, tmp_path):
-  """The bucket's chain, its prune run killed with SIGKILL after step 6 and resumed from
-  the bucket, ends bitwise where the uninterrupted local chain ended."""
+  """The bucket's chain, its prune run stopped by SIGTERM, resumed, killed with SIGKILL
+  and resumed from the bucket, ends bitwise where the uninterrupted local chain ended."""
   _, _, reference = one_process_prune_run
   gcs_student = epath.Path(local_and_gcs_runs["student"][1])
   assert_same_states(reference, _checkpoint(gcs_student, STEPS))
