@@ -131,7 +131,7 @@ def local_and_gcs_runs(gcs_bucket, one_process_prune_run):
   assert code == -signal.SIGKILL, stderr[-2000:]
   _run("prune", workdir, *student[1:])
   print(f"\ntiny finetune + prune in gs:// (2 x {STEPS} steps, the prune stopped at step "
-        f"{step}, killed after step {kill_at}, resumed): {time.time() - t0:.1f} s")
+        f"{step}, killed once step {kill_at} was logged, resumed): {time.time() - t0:.1f} s")
   return {"teacher": (str(local_student.parent / "teacher"), f"{root}/teacher"),
           "student": (str(local_student), f"{root}/student")}
 
