@@ -196,8 +196,8 @@ class Checkpointer:
     for other in list(Checkpointer._open):
       if other is not self:
         other.wait()
+    self.wait()
     if step in self._manager.all_steps():
-      self._manager.wait_until_finished()
       self._manager.delete(step)
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=force)
@@ -254,9 +254,21 @@ class Checkpointer:
     return None
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the last save to be written.
+
+    A save whose background commit failed (a write error, or orbax's commit timeout:
+    20 minutes, which a process paused meanwhile also runs into) is not kept: a warning
+    says so and the run goes on, where orbax would raise the error at the next save and
+    end a run that can still checkpoint. Restores only ever see complete steps.
+    """
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # orbax re-raises the background thread's error, whatever it is
+      message = (str(e).splitlines() or [""])[0][:200]
+      log.warning("checkpoint in %s: a save failed in the background and is not kept "
+                  "(%s: %s); training goes on", self.directory, type(e).__name__, message)
 
   def close(self) -> None:
     Checkpointer._open.discard(self)
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()

@@ -312,6 +312,35 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, caplog):
   assert "unreadable" in caplog.text
 
 
+def test_a_save_that_fails_in_the_background_is_dropped_and_the_next_one_kept(
+    tmp_path, caplog, monkeypatch):
+  """A background commit that times out (orbax gives up after 20 minutes: seen when a
+  study process was paused that long) used to make the next save raise it and end the
+  run. The failed step is not kept, a warning says so, and saving goes on."""
+  from orbax.checkpoint._src.futures import future
+  result = future.ChainedFuture.result
+  failures = [TimeoutError("ChainedFuture completed 3/4 futures but timed out")]
+
+  def times_out_once(self, timeout=None):
+    if failures:
+      raise failures.pop()
+    return result(self, timeout=timeout)
+
+  monkeypatch.setattr(future.ChainedFuture, "result", times_out_once)
+  ckpt = checkpoint.Checkpointer(tmp_path)
+  state = {"w": np.arange(6.0).reshape(2, 3)}
+  with caplog.at_level(logging.WARNING):
+    ckpt.save(2, state, {"data": {"epoch": 2}})  # its commit fails in the background
+    ckpt.save(4, jax.tree.map(lambda x: 2 * x, state), {"data": {"epoch": 4}})
+    ckpt.close()
+  assert not failures, "the simulated failure was never hit"
+  assert "a save failed in the background and is not kept (TimeoutError" in caplog.text
+  assert ckpt.steps() == [4]
+  got, meta = checkpoint.Checkpointer(tmp_path).restore_latest(checkpoint.abstract(state))
+  np.testing.assert_array_equal(got["w"], 2 * state["w"])
+  assert meta == {"data": {"epoch": 4}}
+
+
 def test_small_replicated_arrays_are_saved_whole_and_orbax_global_registry_is_left(tmp_path):
   import orbax.checkpoint as ocp
   from jax.sharding import NamedSharding, PartitionSpec
