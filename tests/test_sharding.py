@@ -17,7 +17,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from conftest import cpu_env
+from conftest import cpu_env, shared_run
 import multiprocess_worker as worker
 from jaxprune import masks, optim, sharding, transforms
 from jaxprune.models import bert
@@ -72,12 +72,16 @@ def assert_matches_reference(arrays: dict) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
-  out = tmp_path_factory.mktemp("sharding")
-  procs = [launch_worker(out, mesh, 8) for mesh in MESHES]  # compiles run in parallel
-  try:
-    worker.reference()  # meanwhile, in this process (unless already done)
-  finally:
-    wait(procs, out)
+  """The 8-device runs, once per session: the tests using them are marked slow, and
+  conftest deals slow tests to both xdist workers, which would each run them."""
+  def build(out: Path) -> None:
+    procs = [launch_worker(out, mesh, 8) for mesh in MESHES]  # compiles run in parallel
+    try:
+      worker.reference()  # meanwhile, in this process (unless already done)
+    finally:
+      wait(procs, out)
+
+  out = shared_run(tmp_path_factory, "sharding", build)
   return {m: load(out, f"mesh{m}_p0") for m in MESHES}
 
 
