@@ -1,12 +1,6 @@
-#!/bin/sh
-'''exec' "${FAKE_GCLOUD_PYTHON:-python3}" "$0" "$@"
-'''
-# (A shell line that Python reads as a string: the fake runs under FAKE_GCLOUD_PYTHON when
-# set. `#!/usr/bin/env python3` went through pyenv's shim, ~90 ms of bash per call, where
-# a call takes ~55 ms; the launcher's tests make ~340 calls.)
 """A fake ``gcloud`` for the launcher's tests: Cloud TPU VMs simulated on this machine.
 
-Put this folder first on PATH and point ``FAKE_GCLOUD_STATE`` at an empty folder (the
+The ``gcloud`` script beside this module runs it. Put this folder first on PATH and point ``FAKE_GCLOUD_STATE`` at an empty folder (the
 fake's state: VMs, queued resources, worker homes, a log of every call in calls.jsonl).
 Standard library only.
 
