@@ -93,8 +93,10 @@ def _checkpoint(workdir: Path, step: int) -> dict:
 
 
 STEPS = 12
+# A checkpoint every 2 steps (configs/tiny.py: 6), so that a run stopped or killed
+# mid-way resumes from a step of its own.
 BASE = ["--config=configs/tiny.py:steps=12,sparsity=0.8", "--config.trim_padding_to=8",
-        "--config.group_by_length=2"]
+        "--config.group_by_length=2", "--config.train.checkpoint_every=2"]
 
 
 def _two_processes(args: list[str], workdir: Path, logs: Path, interleave: bool = False
