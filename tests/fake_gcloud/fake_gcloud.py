@@ -1,8 +1,8 @@
 """A fake ``gcloud`` for the launcher's tests: Cloud TPU VMs simulated on this machine.
 
-The ``gcloud`` script beside this module runs it. Put this folder first on PATH and point ``FAKE_GCLOUD_STATE`` at an empty folder (the
-fake's state: VMs, queued resources, worker homes, a log of every call in calls.jsonl).
-Standard library only.
+The ``gcloud`` script beside this module runs it. Put this folder first on PATH and
+point ``FAKE_GCLOUD_STATE`` at an empty folder (the fake's state: VMs, queued resources,
+worker homes, a log of every call in calls.jsonl). Standard library only.
 
 What it implements (the arguments are parsed strictly: a flag the real command does not
 take is an error, exit 2):
