@@ -193,10 +193,8 @@ class Checkpointer:
     A checkpoint already at ``step`` (left by a run killed before it recorded it
     elsewhere) is replaced.
     """
-    for other in list(Checkpointer._open):
-      if other is not self:
-        other.wait()
-    self.wait()
+    for ckpt in list(Checkpointer._open):  # this one's own last save too
+      ckpt.wait()
     if step in self._manager.all_steps():
       self._manager.delete(step)
     self._manager.save(step, args=ocp.args.Composite(
