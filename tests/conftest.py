@@ -9,6 +9,7 @@ collector in the workers, and the closing budget line.
 """
 
 import atexit
+import gc
 import importlib
 import importlib.util
 import os
@@ -348,6 +349,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
   bench = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # (dataclasses)
   spec.loader.exec_module(bench)
   terminalreporter.write_line(budget_line((time.time() - _START) / 60, bench.cpu_model()))
+
+
+def pytest_configure(config):
+  """No garbage collection while a worker imports the test modules (and with them jax,
+  torch and transformers): ~1,030 collections took 2.0-2.2 of the ~11 CPU-s of a
+  collection (``gc.callbacks``, tests/README.md "session 37"). `pytest_collection_finish`
+  turns it back on. The xdist controller collects nothing, and keeps Python's default."""
+  controller = bool(getattr(config.option, "numprocesses", None)) and not hasattr(
+      config, "workerinput")
+  if not controller and not os.environ.get("JAXPRUNE_TEST_DEFAULT_GC"):
+    gc.disable()
 
 
 def pytest_collection_finish(session):
