@@ -379,8 +379,10 @@ flax_model, flax_params, _ = models.from_pretrained(hf_dir)
 # on the CPU in float32. At "highest" what is left is float32 rounding (measured on the
 # CPU: ~1e-6; GPU and TPU not measured yet, hence their looser bound).
 TOLERANCE = {"cpu": 1e-4, "gpu": 1e-3, "tpu": 1e-3}[jax.default_backend()]
+# One compiled program (op by op, each of the model's ~40 kinds of op compiled apart).
 with jax.default_matmul_precision("highest"):
-  flax_logits = np.asarray(flax_model.apply({"params": flax_params}, *inputs.values()).logits)
+  flax_logits = np.asarray(
+      jax.jit(flax_model.apply)({"params": flax_params}, *inputs.values()).logits)
 torch_model = transformers.BertForSequenceClassification.from_pretrained(hf_dir).eval()
 with torch.no_grad():
   torch_logits = torch_model(**{k: torch.as_tensor(v) for k, v in inputs.items()}).logits.numpy()
