@@ -29,11 +29,19 @@ With ``JAXPRUNE_TEST_STEP_SECONDS=<s>``, a training loop sleeps that long at eac
 running while a test watches it (the launcher's detached job) then idles instead of
 taking a core from the rest of the suite.
 
+Every process gets the CLI's garbage collector threshold (``jaxprune.main.quiet_gc``):
+young collections every 10,000 allocations instead of 700. The processes that import
+jax, torch and transformers outside the CLI (the notebook kernels, the accelerator
+check) ran ~1,800-2,150 collections each: 3.6-4.3 CPU-s of the accelerator check's smoke
+run and 5.0-5.6 of the sparsebert_glue notebook's, against 1.5-1.7 and 2.7-2.8 with this
+(``gc.callbacks``, tests/README.md "session 37"). Only cycles wait longer.
+
 Lazily: neither jax nor jaxprune is imported here (most processes the tests start never
 import them); each patch is applied when its module (``jax._src.cache_key``,
 ``jax._src.compiler``, ``jaxprune.checkpoint``) is first imported.
 """
 
+import gc
 import importlib.machinery
 import os
 import sys
@@ -92,6 +100,8 @@ def _slow_steps(module, seconds: float) -> None:
 
   guard.requested = slow_requested
 
+
+gc.set_threshold(10_000, 10, 10)
 
 _PATCHES = {"jax._src.cache_key": _patch_cache_key}
 if os.environ.get("JAXPRUNE_COMPILE_LOG"):
