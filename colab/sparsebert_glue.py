@@ -379,7 +379,7 @@ flax_model, flax_params, _ = models.from_pretrained(hf_dir)
 # on the CPU in float32. At "highest" what is left is float32 rounding (measured on the
 # CPU: ~1e-6; GPU and TPU not measured yet, hence their looser bound).
 TOLERANCE = {"cpu": 1e-4, "gpu": 1e-3, "tpu": 1e-3}[jax.default_backend()]
-# One compiled program (op by op, each of the model's ~40 kinds of op compiled apart).
+# One compiled program (op by op, JAX compiled each of the forward's ~50 kinds of op apart).
 with jax.default_matmul_precision("highest"):
   flax_logits = np.asarray(
       jax.jit(flax_model.apply)({"params": flax_params}, *inputs.values()).logits)

@@ -1,6 +1,7 @@
 """The suite's own machinery: its scheduling (conftest.worker_chunks: no test lost, slow
 ones first), tests/site/sitecustomize.py (one compilation cache key on every process;
-the compile log that tests/timing.py sums) and the GCS emulator's error output."""
+the compile log that tests/timing.py sums), the garbage collector back on after the
+imports, and the GCS emulator's error output."""
 
 import subprocess
 import sys
@@ -143,3 +144,22 @@ def test_the_emulator_keeps_quiet_when_a_client_hangs_up_and_reports_the_rest(ca
       httpd.handle_error(None, ("127.0.0.1", 1234))
   err = capsys.readouterr().err
   assert "KeyError: 'bucket'" in err and "BrokenPipeError" not in err and "reset" not in err
+
+
+def test_the_garbage_collector_is_back_on_after_the_imports():
+  """The collector is off while a worker imports the test modules (``pytest_configure``)
+  and while the CLI imports jax & co. (``jaxprune.main.main``); ``quiet_gc`` turns it back
+  on. Left off, a long run would never free a reference cycle."""
+  import gc
+  import os
+  from jaxprune.main import quiet_gc
+  if not os.environ.get("JAXPRUNE_TEST_DEFAULT_GC"):  # this worker, after its collection
+    assert gc.isenabled() and gc.get_threshold() == (10_000, 10, 10)
+  threshold = gc.get_threshold()
+  gc.disable()
+  try:
+    quiet_gc()
+    assert gc.isenabled() and gc.get_threshold() == (10_000, 10, 10)
+  finally:
+    gc.enable()
+    gc.set_threshold(*threshold)
