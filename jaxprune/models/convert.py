@@ -197,7 +197,10 @@ def from_pretrained(name_or_path: str | os.PathLike, num_labels: int | None = No
     params.update({k: np.asarray(init[k]) for k in fresh})
     log.warning("%s: freshly initialised (not in the checkpoint): %s", directory,
                 ", ".join(fresh))
-  return model, jax.tree.map(jax.numpy.asarray, unflatten(params)), config
+  # Device arrays by a plain transfer: jnp.asarray of a host array runs an identity
+  # program (lax.stage), compiled or loaded once per shape and dtype at every start (10
+  # in a BERT; tests/README.md, "session 37").
+  return model, jax.device_put(unflatten(params)), config
 
 
 def from_config(name_or_path: str | os.PathLike, num_labels: int | None = None,
